@@ -1,0 +1,1 @@
+"""LiDAR 3D detectors (PointPillars, SECOND) built from configs, split by pipeline stage."""
