@@ -40,14 +40,16 @@ def read_velodyne(path: str, num_features: int = 4, nan: str = "error") -> np.nd
     if nan not in ("error", "drop"):
         raise ValueError(f"read_velodyne: nan must be 'error' or 'drop', got {nan!r}")
     try:
+        size = os.path.getsize(path)
         raw = np.fromfile(path, dtype="<f4")
     except FileNotFoundError:
         raise KittiFormatError(path, "velodyne file not found") from None
     except OSError as exc:
         raise KittiFormatError(path, f"cannot read velodyne file ({exc})") from None
-    if raw.size % num_features:
+    # np.fromfile silently drops a trailing partial value, so check the byte size itself.
+    if size % (num_features * 4) or raw.size * 4 != size:
         raise KittiFormatError(
-            path, f"file size {raw.size * 4} bytes is not a multiple of {num_features * 4} "
+            path, f"file size {size} bytes is not a multiple of {num_features * 4} "
                   f"({num_features} float32 values per point): truncated or not a velodyne scan")
     points = raw.reshape(-1, num_features).astype(np.float32, copy=False)
     finite = np.isfinite(points).all(axis=1)
