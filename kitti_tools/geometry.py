@@ -128,3 +128,56 @@ def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     local_y = -d[..., 0] * s + d[..., 1] * c
     return ((np.abs(local_x) <= boxes[:, 3] / 2) & (np.abs(local_y) <= boxes[:, 4] / 2)
             & (np.abs(d[..., 2]) <= boxes[:, 5] / 2))
+
+
+def bev_corners(boxes: np.ndarray) -> np.ndarray:
+    """``[n, 7]`` LiDAR boxes -> ``[n, 4, 2]`` BEV corners (x, y), counter-clockwise seen from above,
+    starting at front-left (the heading is the front)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 7)
+    sx = np.array([0.5, -0.5, -0.5, 0.5])
+    sy = np.array([0.5, 0.5, -0.5, -0.5])
+    lx, ly = boxes[:, 3:4] * sx, boxes[:, 4:5] * sy
+    c, s = np.cos(boxes[:, 6])[:, None], np.sin(boxes[:, 6])[:, None]
+    return np.stack([lx * c - ly * s + boxes[:, 0:1], lx * s + ly * c + boxes[:, 1:2]], axis=2)
+
+
+def _bev_axes(yaw: np.ndarray) -> np.ndarray:
+    """``[n, 2, 2]``: unit vectors along the length and the width of each box."""
+    c, s = np.cos(yaw), np.sin(yaw)
+    return np.stack([np.stack([c, s], 1), np.stack([-s, c], 1)], 1)
+
+
+def boxes_overlap_bev(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """``[n, m]`` bool: the BEV rectangles of LiDAR boxes ``a[i]`` and ``b[j]`` overlap with positive
+    area (boxes that only touch along an edge do not).
+
+    Exact test by the separating-axis theorem (two convex rectangles are disjoint iff their
+    projections are disjoint on one of the four edge normals). Used for the collision checks of GT
+    sampling and per-object noise; memory is ``16 * n * m`` floats.
+    """
+    ca, cb = bev_corners(boxes_a), bev_corners(boxes_b)
+    n, m = len(ca), len(cb)
+    if n == 0 or m == 0:
+        return np.zeros((n, m), dtype=bool)
+    # Edge directions of each rectangle: its two axes (unit vectors along length and width).
+    axes_a = _bev_axes(np.asarray(boxes_a, np.float64).reshape(-1, 7)[:, 6])
+    axes_b = _bev_axes(np.asarray(boxes_b, np.float64).reshape(-1, 7)[:, 6])
+    # axes[i, j, k, :] for k in 0..3: a's two axes then b's two axes.
+    axes = np.concatenate([np.broadcast_to(axes_a[:, None], (n, m, 2, 2)),
+                           np.broadcast_to(axes_b[None, :], (n, m, 2, 2))], axis=2)
+    proj_a = np.einsum("ipd,ijkd->ijkp", ca, axes)  # [n, m, 4 axes, 4 corners]
+    proj_b = np.einsum("jpd,ijkd->ijkp", cb, axes)
+    eps = 1e-9
+    separated = ((proj_a.max(-1) <= proj_b.min(-1) + eps) | (proj_b.max(-1) <= proj_a.min(-1) + eps))
+    return ~separated.any(-1)
+
+
+def rotate_points_z(points: np.ndarray, angle: float) -> np.ndarray:
+    """Rotates the x, y columns of ``[N, C]`` points by ``angle`` (radians, counter-clockwise seen
+    from above) about the z axis; returns a new array of the same dtype."""
+    out = np.array(points, copy=True)
+    c, s = np.cos(angle), np.sin(angle)
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    out[:, 0] = x * c - y * s
+    out[:, 1] = x * s + y * c
+    return out
