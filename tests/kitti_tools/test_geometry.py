@@ -151,7 +151,7 @@ def test_boxes_overlap_bev_matches_polygon_clipping(a, b):
 def test_boxes_overlap_bev_edges():
     a = np.array([[0.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0]])
     touching = np.array([[2.0, 0.0, 0.0, 2.0, 2.0, 1.0, 0.0]])
-    diamond = np.array([[2.3, 0.0, 0.0, 1.0, 1.0, 1.0, np.pi / 4]])  # corner 1.59 -> reaches x < 1
+    diamond = np.array([[1.6, 0.0, 0.0, 1.0, 1.0, 1.0, np.pi / 4]])  # left corner at x = 0.89
     higher = np.array([[2.3, 0.0, 5.0, 2.0, 2.0, 1.0, np.pi / 4]])  # z is ignored (BEV)
     apart = np.array([[2.5, 0.0, 0.0, 2.0, 2.0, 1.0, np.pi / 4]])   # corner at x = 1.09
     assert not geo.boxes_overlap_bev(a, touching)[0, 0]
