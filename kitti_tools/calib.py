@@ -10,8 +10,14 @@ from typing import Optional, Tuple
 import numpy as np
 
 
-def _hom(points: np.ndarray) -> np.ndarray:
-    return np.concatenate([points, np.ones((points.shape[0], 1), dtype=points.dtype)], axis=1)
+def _affine(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """``[N, 3]`` points -> ``[N, R]``: ``mat[:, :3] @ p + mat[:, 3]`` for every point.
+
+    Written as column products rather than a matmul: BLAS on skinny ``[N, 4]`` arrays is slow and,
+    with its thread pool on a busy machine, up to ~100x slower than these element-wise ops.
+    """
+    return (points[:, 0:1] * mat[:, 0] + points[:, 1:2] * mat[:, 1] + points[:, 2:3] * mat[:, 2]
+            + mat[:, 3])
 
 
 @dataclass
@@ -51,17 +57,17 @@ class Calib:
     def lidar_to_rect(self, points: np.ndarray) -> np.ndarray:
         """``[N, 3]`` LiDAR points -> ``[N, 3]`` rectified camera points (float64)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        return (_hom(pts) @ self.velo_to_rect.T)[:, :3]
+        return _affine(pts, self.velo_to_rect[:3])
 
     def rect_to_lidar(self, points: np.ndarray) -> np.ndarray:
         """``[N, 3]`` rectified camera points -> ``[N, 3]`` LiDAR points (float64)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        return (_hom(pts) @ self.rect_to_velo.T)[:, :3]
+        return _affine(pts, self.rect_to_velo[:3])
 
     def rect_to_image(self, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """``[N, 3]`` rectified points -> (``[N, 2]`` pixels (u, v), ``[N]`` depth in camera 2)."""
         pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
-        proj = _hom(pts) @ self.P2.T
+        proj = _affine(pts, self.P2)
         depth = proj[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             uv = proj[:, :2] / depth[:, None]
