@@ -1,0 +1,114 @@
+"""Turns anchor-head outputs of one sample into final detections (mmdetection3d's
+``Anchor3DHead.get_bboxes`` with ``box3d_multiclass_nms``).
+
+Steps: sigmoid class scores; keep the ``nms_pre`` anchors with the highest best-class score (stable
+sort: ties keep anchor order); decode the residuals; fix the heading with the direction classifier
+(``yaw = limit_period(yaw - dir_offset, 0, pi) + dir_offset + pi * bin``); per class, candidates
+with score > ``score_threshold`` go through rotated BEV NMS (``pointdistiller.ops.iou3d.nms_bev``);
+the survivors of all classes are sorted by score (stable, class order breaks ties) and the first
+``max_detections`` kept. An anchor may appear once per class whose score passes the threshold.
+Candidates whose decoded box is not finite are dropped. The result is deterministic.
+"""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .box_coding.coder import ResidualCoder, limit_period
+
+
+@dataclass
+class Detections:
+    """Detections of one sample.
+
+    Attributes:
+        boxes: ``[k, 7]`` float32 LiDAR boxes ``(x, y, z_centre, l, w, h, yaw)``.
+        scores: ``[k]`` float32 class probabilities, descending.
+        labels: ``[k]`` int64 class indices into ``CLASS_NAMES``.
+    """
+
+    boxes: Tensor
+    scores: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    @staticmethod
+    def empty(device: Optional[torch.device] = None) -> "Detections":
+        return Detections(boxes=torch.zeros(0, 7, dtype=torch.float32, device=device),
+                          scores=torch.zeros(0, dtype=torch.float32, device=device),
+                          labels=torch.zeros(0, dtype=torch.int64, device=device))
+
+    def to(self, device) -> "Detections":
+        return Detections(self.boxes.to(device), self.scores.to(device), self.labels.to(device))
+
+
+def correct_direction(yaw: Tensor, dir_bins: Tensor, dir_offset: float) -> Tensor:
+    """Heading from a yaw known modulo pi and a direction bin: ``limit_period(yaw - dir_offset, 0,
+    pi) + dir_offset + pi * dir_bins``. ``yaw [...]`` float, ``dir_bins [...]`` int64 -> ``[...]``."""
+    return limit_period(yaw - dir_offset, 0.0, math.pi) + dir_offset + math.pi * dir_bins.to(yaw.dtype)
+
+
+def decode_detections(cls_logits: Tensor, box_deltas: Tensor, dir_logits: Tensor, anchors: Tensor,
+                      coder: Optional[ResidualCoder] = None, score_threshold: float = 0.1,
+                      nms_pre: int = 100, nms_iou_threshold: float = 0.01, max_detections: int = 50,
+                      dir_offset: float = -math.pi / 4) -> Detections:
+    """Detections of one sample from its flattened head outputs (steps in the module doc).
+
+    Args:
+        cls_logits: ``[N, K]`` float class logits of the ``N`` anchors.
+        box_deltas: ``[N, 7]`` float predicted residuals.
+        dir_logits: ``[N, bins]`` float direction logits (2 bins: heading bins of width pi).
+        anchors: ``[N, 7]`` float anchors, same order.
+        coder: residual coder (default :class:`ResidualCoder`).
+        score_threshold: minimum class probability (exclusive).
+        nms_pre: anchors kept before NMS (``<= 0``: all).
+        nms_iou_threshold: rotated BEV IoU above which the lower-scored box of a class is removed.
+        max_detections: boxes kept per sample.
+        dir_offset: radians, as in training.
+
+    Returns:
+        :class:`Detections` on the inputs' device.
+    """
+    n = anchors.shape[0]
+    if anchors.shape != (n, 7) or box_deltas.shape != (n, 7):
+        raise ValueError(f"decode_detections: anchors {tuple(anchors.shape)} and box_deltas "
+                         f"{tuple(box_deltas.shape)} must both be [N, 7]")
+    if cls_logits.dim() != 2 or cls_logits.shape[0] != n:
+        raise ValueError(f"decode_detections: cls_logits must be [{n}, K], got {tuple(cls_logits.shape)}")
+    if dir_logits.dim() != 2 or dir_logits.shape[0] != n:
+        raise ValueError(f"decode_detections: dir_logits must be [{n}, bins], got "
+                         f"{tuple(dir_logits.shape)}")
+    if max_detections < 0:
+        raise ValueError(f"decode_detections: max_detections must be >= 0, got {max_detections}")
+    device = anchors.device
+    coder = coder if coder is not None else ResidualCoder()
+    scores = torch.sigmoid(cls_logits.float())
+    if nms_pre > 0 and n > nms_pre:
+        order = torch.sort(scores.max(dim=1).values, descending=True, stable=True).indices[:nms_pre]
+        scores, box_deltas, dir_logits, anchors = (
+            scores[order], box_deltas[order], dir_logits[order], anchors[order])
+    boxes = coder.decode(anchors.float(), box_deltas.float())
+    boxes[:, 6] = correct_direction(boxes[:, 6], dir_logits.argmax(dim=1), dir_offset)
+    finite = torch.isfinite(boxes).all(dim=1)
+
+    from pointdistiller.ops.iou3d import nms_bev
+
+    kept_boxes, kept_scores, kept_labels = [], [], []
+    for k in range(scores.shape[1]):
+        candidates = torch.nonzero((scores[:, k] > score_threshold) & finite).squeeze(1)
+        if candidates.numel() == 0:
+            continue
+        class_boxes, class_scores = boxes[candidates].contiguous(), scores[candidates, k].contiguous()
+        keep = nms_bev(class_boxes, class_scores, nms_iou_threshold)
+        kept_boxes.append(class_boxes[keep])
+        kept_scores.append(class_scores[keep])
+        kept_labels.append(torch.full((keep.numel(),), k, dtype=torch.int64, device=device))
+    if not kept_boxes:
+        return Detections.empty(device)
+    boxes, scores, labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
+    order = torch.sort(scores, descending=True, stable=True).indices[:max_detections]
+    return Detections(boxes=boxes[order], scores=scores[order], labels=labels[order])
