@@ -1,0 +1,4 @@
+"""Detection heads on the BEV feature map."""
+from .anchor_head import AnchorHead, HeadOutput
+
+__all__ = ["AnchorHead", "HeadOutput"]
