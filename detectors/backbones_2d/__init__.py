@@ -1,0 +1,5 @@
+"""2D BEV backbones and necks (SECOND-style blocks, transposed-conv FPN neck)."""
+from .second_backbone import SECONDBackbone
+from .second_fpn import SECONDFPN
+
+__all__ = ["SECONDBackbone", "SECONDFPN"]
