@@ -22,7 +22,7 @@ import numpy as np
 from pointdistiller.kitti_tools.errors import KittiFormatError
 from pointdistiller.kitti_tools.geometry import (boxes_overlap_bev, limit_period, points_in_boxes,
                                                  rotate_points_z)
-from pointdistiller.kitti_tools.io import read_velodyne
+from pointdistiller.kitti_tools.io import KITTI_TYPES, read_velodyne
 
 
 @dataclass
@@ -68,6 +68,9 @@ class AugmentConfig:
     def __post_init__(self):
         self.sample_counts = dict(self.sample_counts)
         for name, count in self.sample_counts.items():
+            if name not in KITTI_TYPES or name == "DontCare":
+                raise ValueError(f"sample_counts: unknown class {name!r} (KITTI types: "
+                                 f"{', '.join(KITTI_TYPES[:-1])})")
             if not isinstance(count, int) or count < 0:
                 raise ValueError(f"sample_counts[{name!r}]: expected an integer >= 0, got {count!r}")
         self.db_skip_difficulty = tuple(int(d) for d in self.db_skip_difficulty)

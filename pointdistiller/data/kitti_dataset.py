@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from pointdistiller.kitti_tools.calib import Calib
 from pointdistiller.kitti_tools.errors import KittiFormatError
 from pointdistiller.kitti_tools.geometry import fov_mask
-from pointdistiller.kitti_tools.io import read_velodyne
+from pointdistiller.kitti_tools.io import KITTI_TYPES, read_velodyne
 from pointdistiller.kitti_tools.prepare import INFO_FORMAT
 
 from .augment import AugmentConfig, GTSampler, augment_scene, boxes_in_range, points_in_range
@@ -55,6 +55,10 @@ class KittiDataset(Dataset):
                  num_features: int = 4):
         if len(point_range) != 6:
             raise ValueError(f"point_range: expected 6 values, got {point_range}")
+        unknown = [n for n in class_names if n not in KITTI_TYPES or n == "DontCare"]
+        if unknown or not class_names:
+            raise ValueError(f"class_names: unknown class(es) {unknown} (KITTI types: "
+                             f"{', '.join(KITTI_TYPES[:-1])})")
         if augment is not None and not isinstance(augment, AugmentConfig):
             raise TypeError(f"augment: expected AugmentConfig or None, got {type(augment).__name__}")
         try:

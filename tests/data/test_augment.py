@@ -216,3 +216,5 @@ def test_augment_config():
         aug.AugmentConfig(sample_counts={"Car": -1})
     with pytest.raises(ValueError, match="flip_x_prob"):
         aug.AugmentConfig(flip_x_prob=2.0)
+    with pytest.raises(ValueError, match="sample_counts: unknown class 'Bus'"):
+        aug.AugmentConfig(sample_counts={"Bus": 3})

@@ -266,3 +266,5 @@ def test_dataset_errors(tiny, tmp_path):
     with pytest.raises(TypeError, match="augment"):
         KittiDataset(os.path.join(tiny, "kitti_infos_trainval.json"), tiny, training=True,
                      augment={"gt_sampling": False})
+    with pytest.raises(ValueError, match=r"class_names: unknown class\(es\) \['car'\]"):
+        KittiDataset(os.path.join(tiny, "kitti_infos_trainval.json"), tiny, class_names=("car",))

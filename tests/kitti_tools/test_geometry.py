@@ -1,6 +1,5 @@
 """Calibration transforms and box geometry, checked on the real KITTI frames and against
 brute-force references."""
-import os
 
 import numpy as np
 import pytest
