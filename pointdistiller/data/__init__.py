@@ -1,0 +1,1 @@
+"""Datasets, augmentation and the batch container shared by detectors, trainer and distiller."""
