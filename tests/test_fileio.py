@@ -22,3 +22,11 @@ def test_atomic_write_interrupted_keeps_old(tmp_path):
             raise RuntimeError("interrupted")
     assert p.read_text() == "old"
     assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_atomic_write_has_umask_permissions(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(str(p), "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
