@@ -29,6 +29,9 @@ from typing import Any, Callable, Dict, Iterable, List, Literal, Optional, Seque
 
 import yaml
 
+from pointdistiller.distill.config import DistillConfig  # noqa: F401 (type hints of Config)
+from pointdistiller.engine.sections import DataConfig, TeacherConfig, TrainConfig  # noqa: F401
+
 # Signature: (key path "a.b.c") -> where that key came from (a file path or "--set a.b=c").
 Where = Callable[[str], str]
 
@@ -116,6 +119,10 @@ class Config:
     """
 
     model: Optional[Dict[str, Any]] = field(default=None, metadata={"validate": _validate_model})
+    data: Optional["DataConfig"] = None
+    train: Optional["TrainConfig"] = None
+    teacher: Optional["TeacherConfig"] = None
+    distill: Optional["DistillConfig"] = None
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,59 +6,14 @@ Terms read named feature taps of ``DetectorOutput.features`` (e.g. ``"pfn"`` pil
 voxels' offsets, point counts and grid coordinates; BEV taps (``[B, C, H, W]``) become one node per
 cell with :func:`bev_to_nodes`.
 """
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from .config import DistillConfig
 from .baselines import AttentionTransfer, FitNet, ResponseKD
 from .local import LocalDistillation, bev_to_nodes
-
-
-@dataclass
-class LocalTermConfig:
-    """One PointDistiller term (``distill.local`` is a list of these; defaults: PointPillars)."""
-
-    feature: str = "pfn"
-    importance: str = "num_points"   # "num_points" (voxel detectors) | "channel_max"
-    num_nodes: int = 6000
-    k: int = 128
-    tau: float = 0.01
-    loss_weight: float = 2.0
-    pool: str = "none"
-    reweight: bool = True
-    knn_space: str = "teacher"
-    selection: str = "per_sample"
-    edge_mode: str = "factorized"
-
-
-@dataclass
-class FeatureTermConfig:
-    """A FitNet or attention-transfer term on one feature tap."""
-
-    feature: str = "pfn"
-    loss_weight: float = 1.0
-
-
-@dataclass
-class ResponseTermConfig:
-    """Response KD on the head outputs."""
-
-    cls_weight: float = 1.0
-    box_weight: float = 1.0
-    temperature: float = 1.0
-
-
-@dataclass
-class DistillConfig:
-    """The ``distill`` config section. Empty lists / None disable a term."""
-
-    teacher_mode: str = "eval"       # "eval" (default) | "train" (the authors' BN batch statistics)
-    local: List[LocalTermConfig] = field(default_factory=list)
-    fitnet: List[FeatureTermConfig] = field(default_factory=list)
-    attention: List[FeatureTermConfig] = field(default_factory=list)
-    response: Optional[ResponseTermConfig] = None
 
 
 def _nodes(feature: Tensor, batch, name: str) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:

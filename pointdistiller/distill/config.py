@@ -1,0 +1,48 @@
+"""The ``distill`` config section (plain dataclasses, importable without torch)."""
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+
+@dataclass
+class LocalTermConfig:
+    """One PointDistiller term (``distill.local`` is a list of these; defaults: PointPillars)."""
+
+    feature: str = "pfn"
+    importance: str = "num_points"   # "num_points" (voxel detectors) | "channel_max"
+    num_nodes: int = 6000
+    k: int = 128
+    tau: float = 0.01
+    loss_weight: float = 2.0
+    pool: str = "none"
+    reweight: bool = True
+    knn_space: str = "teacher"
+    selection: str = "per_sample"
+    edge_mode: str = "factorized"
+
+
+@dataclass
+class FeatureTermConfig:
+    """A FitNet or attention-transfer term on one feature tap."""
+
+    feature: str = "pfn"
+    loss_weight: float = 1.0
+
+
+@dataclass
+class ResponseTermConfig:
+    """Response KD on the head outputs."""
+
+    cls_weight: float = 1.0
+    box_weight: float = 1.0
+    temperature: float = 1.0
+
+
+@dataclass
+class DistillConfig:
+    """The ``distill`` config section. Empty lists / None disable a term."""
+
+    teacher_mode: str = "eval"       # "eval" (default) | "train" (the authors' BN batch statistics)
+    local: List[LocalTermConfig] = field(default_factory=list)
+    fitnet: List[FeatureTermConfig] = field(default_factory=list)
+    attention: List[FeatureTermConfig] = field(default_factory=list)
+    response: Optional[ResponseTermConfig] = None
