@@ -34,7 +34,7 @@ from .sensors import LidarModel, camera_rays
 OCCLUSION_THRESHOLDS = (0.8, 0.5, 0.2)  # visible fraction above which levels 0, 1, 2 apply
 
 # Reflectivities of the terrain materials.
-_ASPHALT, _PAINT, _SIDEWALK, _CURB = 0.1, 0.7, 0.28, 0.35
+_ASPHALT, _PAINT, _SIDEWALK, _CURB = 0.45, 0.95, 0.5, 0.45
 _LINE_HALF_WIDTH, _DASH, _DASH_PERIOD = 0.07, 3.0, 9.0
 
 
@@ -110,7 +110,7 @@ def scan(scene: Scene, lidar: LidarModel, rng: np.random.Generator) -> Tuple[np.
                 on &= np.mod(rx, _DASH_PERIOD) < _DASH
             painted |= on
         refl[np.nonzero(road)[0][painted]] = _PAINT
-    intensity = refl * (0.3 + 0.7 * cos) * (1.0 - 0.25 * rng_t / lidar.max_range)
+    intensity = refl * (0.55 + 0.45 * cos) * (1.0 - 0.2 * rng_t / lidar.max_range)
     intensity = np.clip(intensity + rng.normal(0.0, 0.02, n), 0.0, 1.0)
     intensity = np.round(intensity, 2)
 

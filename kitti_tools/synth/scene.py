@@ -228,8 +228,8 @@ def _layout(rng: np.random.Generator) -> _Layout:
     park_lo, park_hi = bool(rng.random() < 0.75), bool(rng.random() < 0.6)
     y_lo = mid - lanes * lane_w - (2.3 if park_lo else 0.4)
     y_hi = mid + lanes * lane_w + (2.3 if park_hi else 0.4)
-    walk_lo = y_lo - rng.uniform(2.5, 5.0)
-    walk_hi = y_hi + rng.uniform(2.5, 5.0)
+    walk_lo = y_lo - rng.uniform(2.0, 4.0)
+    walk_hi = y_hi + rng.uniform(2.0, 4.0)
     return _Layout(lane_w, lanes, mid, y_lo, y_hi, float(rng.uniform(0.1, 0.18)), walk_lo, walk_hi,
                    park_lo, park_hi)
 
@@ -238,7 +238,7 @@ def _ground(lay: _Layout, rng: np.random.Generator, mount_height: float) -> np.n
     g = np.zeros(rc.GROUND_FIELDS)
     g[rc.G_Z0] = -mount_height
     g[rc.G_SX] = np.clip(rng.normal(0.0, 0.01), -0.025, 0.025)
-    g[rc.G_QX] = rng.normal(0.0, 1.5e-4)
+    g[rc.G_QX] = np.clip(rng.normal(0.0, 1e-4), -2.5e-4, 2.5e-4)
     g[rc.G_SY] = np.clip(rng.normal(0.0, 0.005), -0.012, 0.012)
     g[rc.G_ROAD_Y] = (lay.y_lo + lay.y_hi) / 2
     g[rc.G_ROAD_HALF] = (lay.y_hi - lay.y_lo) / 2
@@ -262,7 +262,7 @@ def _background(lay: _Layout, scene: Scene, rng: np.random.Generator):
                 x += width
                 continue
             length = rng.uniform(8, 35)
-            setback = rng.uniform(0, 4) if rng.random() < 0.6 else 0.0
+            setback = rng.uniform(0, 3.5) if rng.random() < 0.6 else 0.0
             depth = rng.uniform(8, 16)
             y_front = walk + side * setback
             base = float(scene.ground_height(x + length / 2, y_front))
@@ -270,22 +270,22 @@ def _background(lay: _Layout, scene: Scene, rng: np.random.Generator):
                 if rng.random() < 0.5:  # wall or fence
                     hgt = rng.uniform(0.8, 2.0)
                     rows.append(prim(rc.BOX, x + length / 2, y_front + side * 0.1, base + hgt / 2,
-                                     length / 2, 0.1, hgt / 2, 0.0, rng.uniform(0.15, 0.5)))
+                                     length / 2, 0.1, hgt / 2, 0.0, rng.uniform(0.2, 0.7)))
                 for _ in range(int(rng.integers(0, 4))):  # hedges
                     r = rng.uniform(0.6, 1.5)
                     rows.append(prim(rc.ELLIPSOID, x + rng.uniform(0, length), y_front + side * r,
                                      base + 0.6 * r, r * rng.uniform(1, 2), r, r * 0.8, 0.0,
-                                     rng.uniform(0.15, 0.4), density=0.9, depth=0.5))
+                                     rng.uniform(0.25, 0.55), density=0.9, depth=0.5))
             else:
                 hgt = rng.uniform(4, 18)
                 rows.append(prim(rc.BOX, x + length / 2, y_front + side * depth / 2, base + hgt / 2 - 0.5,
                                  length / 2, depth / 2, hgt / 2 + 0.5, rng.normal(0, 0.01),
-                                 rng.uniform(0.1, 0.6)))
-                if setback > 1.5 and rng.random() < 0.5:
+                                 rng.uniform(0.15, 0.75)))
+                if setback > 1.5 and rng.random() < 0.7:
                     r = rng.uniform(0.5, 1.0)
                     rows.append(prim(rc.ELLIPSOID, x + length / 2, y_front - side * r * 0.9,
                                      base + 0.5 * r, length / 2 * 0.8, r, r * 0.9, 0.0,
-                                     rng.uniform(0.15, 0.4), density=0.9, depth=0.4))
+                                     rng.uniform(0.25, 0.55), density=0.9, depth=0.4))
             x += length + (rng.uniform(0.5, 4) if rng.random() < 0.4 else 0.0)
         # poles (street lights, signs) near the curb
         x = x_min + rng.uniform(0, 20)
@@ -300,7 +300,7 @@ def _background(lay: _Layout, scene: Scene, rng: np.random.Generator):
             obstacles.append([x, y, 0.0, 2 * r, 2 * r, 1.0, 0.0])
             x += rng.uniform(15, 40)
         # trees along the sidewalk
-        if rng.random() < 0.6:
+        if rng.random() < 0.75:
             x = x_min + rng.uniform(0, 15)
             while x < x_max:
                 y = edge + side * rng.uniform(1.0, 1.6)
@@ -310,10 +310,10 @@ def _background(lay: _Layout, scene: Scene, rng: np.random.Generator):
                 rows.append(prim(rc.CYLINDER, x, y, base + th / 2, tr, tr, th / 2, 0.0,
                                  rng.uniform(0.2, 0.4)))
                 rows.append(prim(rc.ELLIPSOID, x, y, base + th + 0.7 * ch, cr, cr * rng.uniform(0.8, 1.1),
-                                 ch, rng.uniform(0, np.pi), rng.uniform(0.15, 0.45),
+                                 ch, rng.uniform(0, np.pi), rng.uniform(0.25, 0.55),
                                  density=rng.uniform(0.55, 0.85), depth=0.8))
                 obstacles.append([x, y, 0.0, 2 * tr, 2 * tr, 1.0, 0.0])
-                x += rng.uniform(7, 20)
+                x += rng.uniform(6, 16)
     return np.stack(rows), np.asarray(obstacles, np.float64).reshape(-1, 7), streets
 
 
@@ -419,8 +419,8 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
         if visible and in_view >= max_in_view:
             continue
         in_view += visible
-        obj_refl = rng.uniform(0.05, 0.6) if name in ("Car", "Van", "Truck", "Tram", "Misc") \
-            else rng.uniform(0.1, 0.45)
+        obj_refl = rng.uniform(0.1, 0.8) if name in ("Car", "Van", "Truck", "Tram", "Misc") \
+            else rng.uniform(0.2, 0.6)
         scene.objects.append(make_object(name, box, object_parts(name, l, w, h, rng), obj_refl))
         accepted = np.concatenate([accepted, box[None]])
     return scene
