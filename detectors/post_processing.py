@@ -1,8 +1,9 @@
 """Turns anchor-head outputs of one sample into final detections (mmdetection3d's
 ``Anchor3DHead.get_bboxes`` with ``box3d_multiclass_nms``).
 
-Steps: sigmoid class scores; keep the ``nms_pre`` anchors with the highest best-class score (stable
-sort: ties keep anchor order); decode the residuals; fix the heading with the direction classifier
+Steps: sigmoid class scores; keep the ``nms_pre`` anchors with the highest best-class score among
+those whose best score passes ``score_threshold`` (ties at the cut go to lower anchor indices);
+decode the residuals; fix the heading with the direction classifier
 (``yaw = limit_period(yaw - dir_offset, 0, pi) + dir_offset + pi * bin``); per class, candidates
 with score > ``score_threshold`` go through rotated BEV NMS (``pointdistiller.ops.iou3d.nms_bev``);
 the survivors of all classes are sorted by score (stable, class order breaks ties) and the first
@@ -52,6 +53,17 @@ def correct_direction(yaw: Tensor, dir_bins: Tensor, dir_offset: float) -> Tenso
     return limit_period(yaw - dir_offset, 0.0, math.pi) + dir_offset + math.pi * dir_bins.to(yaw.dtype)
 
 
+def _top_k_lowest_index(values: Tensor, k: int) -> Tensor:
+    """Ascending indices of the ``k`` largest of ``values [N]`` (``N > k``), ties at the ``k``-th
+    value broken towards lower indices, independent of ``torch.topk``'s tie order."""
+    kth = torch.topk(values, k).values[-1]
+    above = values > kth
+    ties = torch.nonzero(values == kth).squeeze(1)[: k - int(above.sum())]
+    chosen = above.clone()
+    chosen[ties] = True
+    return torch.nonzero(chosen).squeeze(1)
+
+
 def decode_detections(cls_logits: Tensor, box_deltas: Tensor, dir_logits: Tensor, anchors: Tensor,
                       coder: Optional[ResidualCoder] = None, score_threshold: float = 0.1,
                       nms_pre: int = 100, nms_iou_threshold: float = 0.01, max_detections: int = 50,
@@ -87,10 +99,14 @@ def decode_detections(cls_logits: Tensor, box_deltas: Tensor, dir_logits: Tensor
     device = anchors.device
     coder = coder if coder is not None else ResidualCoder()
     scores = torch.sigmoid(cls_logits.float())
-    if nms_pre > 0 and n > nms_pre:
-        order = torch.sort(scores.max(dim=1).values, descending=True, stable=True).indices[:nms_pre]
-        scores, box_deltas, dir_logits, anchors = (
-            scores[order], box_deltas[order], dir_logits[order], anchors[order])
+    best = scores.max(dim=1).values if n > 0 else scores.new_zeros(0)
+    # anchors whose best score passes the threshold are the only ones any class can keep, so
+    # dropping the rest first leaves the top-nms_pre selection unchanged
+    keep = torch.nonzero(best > score_threshold).squeeze(1)
+    if nms_pre > 0 and keep.numel() > nms_pre:
+        keep = keep[_top_k_lowest_index(best[keep], nms_pre)]
+    scores, box_deltas, dir_logits, anchors = (
+        scores[keep], box_deltas[keep], dir_logits[keep], anchors[keep])
     boxes = coder.decode(anchors.float(), box_deltas.float())
     boxes[:, 6] = correct_direction(boxes[:, 6], dir_logits.argmax(dim=1), dir_offset)
     finite = torch.isfinite(boxes).all(dim=1)

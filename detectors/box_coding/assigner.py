@@ -42,6 +42,17 @@ def _nearest_aabb(boxes: Tensor) -> Tensor:
     return torch.stack([x - dx, y - dy, x + dx, y + dy], dim=1)
 
 
+def _aabb_iou(a: Tensor, b: Tensor, eps: float) -> Tensor:
+    """``[N, 4]``, ``[M, 4]`` ``(x1, y1, x2, y2)`` -> ``[N, M]`` IoU."""
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]))
+    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]))
+    inter = iw.clamp_min_(0).mul_(ih.clamp_min_(0))
+    union = (area_a[:, None] + area_b[None, :]).sub_(inter).clamp_min_(eps)
+    return inter.div_(union)
+
+
 def nearest_bev_iou(boxes_a: Tensor, boxes_b: Tensor, eps: float = 1e-6) -> Tensor:
     """Axis-aligned BEV IoU after rotating each box to the nearest of 0 / 90 degrees.
 
@@ -56,14 +67,7 @@ def nearest_bev_iou(boxes_a: Tensor, boxes_b: Tensor, eps: float = 1e-6) -> Tens
     for name, t in (("boxes_a", boxes_a), ("boxes_b", boxes_b)):
         if t.dim() != 2 or t.shape[1] != 7:
             raise ValueError(f"nearest_bev_iou: {name} must be [N, 7], got {tuple(t.shape)}")
-    a, b = _nearest_aabb(boxes_a), _nearest_aabb(boxes_b)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iw = (torch.minimum(a[:, None, 2], b[None, :, 2]) - torch.maximum(a[:, None, 0], b[None, :, 0]))
-    ih = (torch.minimum(a[:, None, 3], b[None, :, 3]) - torch.maximum(a[:, None, 1], b[None, :, 1]))
-    inter = iw.clamp_min(0) * ih.clamp_min(0)
-    union = (area_a[:, None] + area_b[None, :] - inter).clamp_min(eps)
-    return inter / union
+    return _aabb_iou(_nearest_aabb(boxes_a), _nearest_aabb(boxes_b), eps)
 
 
 @dataclass
@@ -128,6 +132,7 @@ class AnchorAssigner:
         self.coder = coder if coder is not None else ResidualCoder()
         self.dir_offset = float(dir_offset)
         self.num_dir_bins = num_dir_bins
+        self._cache = None
 
     def iou(self, gt_boxes: Tensor, anchors: Tensor) -> Tensor:
         """``[G, 7]``, ``[N, 7]`` -> ``[G, N]`` BEV IoU of the configured mode."""
@@ -137,6 +142,22 @@ class AnchorAssigner:
 
         return boxes_iou_bev(gt_boxes.contiguous(), anchors.contiguous())
 
+    def _class_anchors(self, anchors: Tensor, anchor_classes: Tensor):
+        """Per class ``(indices [N_k], anchors [N_k, 7], axis-aligned boxes [N_k, 4] or None)``,
+        remembered for the last ``(anchors, anchor_classes)`` pair (same objects, unmodified)."""
+        versions = (anchors._version, anchor_classes._version)
+        cache = self._cache
+        if cache is not None and cache[0] is anchors and cache[1] is anchor_classes and cache[2] == versions:
+            return cache[3]
+        per_class = []
+        for k in range(self.num_classes):
+            idx = torch.nonzero(anchor_classes == k).squeeze(1)
+            subset = anchors[idx]
+            aabb = _nearest_aabb(subset) if self.iou_mode == "nearest_bev" else None
+            per_class.append((idx, subset, aabb))
+        self._cache = (anchors, anchor_classes, versions, per_class)
+        return per_class
+
     def _match_class(self, iou: Tensor, k: int):
         """``iou [G_k, N_k]`` -> (matched gt ``[N_k]`` int64 or -1, background ``[N_k]`` bool,
         max IoU ``[N_k]``)."""
@@ -144,10 +165,12 @@ class AnchorAssigner:
         max_iou, argmax = iou.max(dim=0)
         matched = torch.where(max_iou >= pos_thr, argmax, torch.full_like(argmax, -1))
         gt_max = iou.max(dim=1).values
-        takes_best = ((gt_max >= neg_thr) & (gt_max > 0))[:, None] & (iou == gt_max[:, None])
-        order = torch.arange(iou.shape[0], device=iou.device)[:, None].expand_as(iou)
-        low_quality = torch.where(takes_best, order, torch.full_like(order, -1)).max(dim=0).values
-        matched = torch.where(low_quality >= 0, low_quality, matched)
+        takes_best = (iou == gt_max[:, None]) & ((gt_max >= neg_thr) & (gt_max > 0))[:, None]
+        gt_i, anchor_i = torch.nonzero(takes_best, as_tuple=True)
+        if gt_i.numel() > 0:
+            # the last ground truth claiming an anchor wins (scatter of the largest gt index)
+            low_quality = torch.full_like(matched, -1).scatter_reduce_(0, anchor_i, gt_i, "amax")
+            matched = torch.where(low_quality >= 0, low_quality, matched)
         background = (matched < 0) & (max_iou < neg_thr)
         return matched, background, max_iou
 
@@ -188,20 +211,22 @@ class AnchorAssigner:
         labels = torch.full((n,), -1, dtype=torch.int64, device=device)
         gt_index = torch.full((n,), -1, dtype=torch.int64, device=device)
         max_iou = anchors.new_zeros(n)
-        for k in range(self.num_classes):
-            idx = torch.nonzero(anchor_classes == k).squeeze(1)
+        for k, (idx, class_anchors, class_aabb) in enumerate(self._class_anchors(anchors, anchor_classes)):
             if idx.numel() == 0:
                 continue
             gt_ids = torch.nonzero(gt_labels == k).squeeze(1)
             if gt_ids.numel() == 0:
                 labels[idx] = k_bg
                 continue
-            iou = self.iou(gt_boxes[gt_ids], anchors[idx])
+            if class_aabb is not None:
+                iou = _aabb_iou(_nearest_aabb(gt_boxes[gt_ids]), class_aabb, 1e-6)
+            else:
+                iou = self.iou(gt_boxes[gt_ids], class_anchors)
             matched, background, best = self._match_class(iou, k)
             max_iou[idx] = best.to(max_iou.dtype)
-            labels[idx] = torch.where(matched >= 0, torch.full_like(matched, k),
-                                      torch.where(background, torch.full_like(matched, k_bg),
-                                                  torch.full_like(matched, -1)))
+            class_labels = torch.where(background, k_bg, -1)
+            class_labels[matched >= 0] = k
+            labels[idx] = class_labels
             gt_index[idx] = torch.where(matched >= 0, gt_ids[matched.clamp_min(0)], matched)
 
         pos_mask = (labels >= 0) & (labels < k_bg)

@@ -244,3 +244,13 @@ def test_rotated_assignment_matches_nearest_for_axis_aligned_boxes():
     r1, r2 = a_near.assign(anchors, classes, gt, lab), a_rot.assign(anchors, classes, gt, lab)
     assert torch.equal(r1.labels, r2.labels)
     torch.testing.assert_close(r1.max_iou, r2.max_iou, atol=1e-5, rtol=0)
+
+
+def test_assigner_cache_follows_anchor_changes():
+    a = assigner()
+    anchors, classes = torch.tensor([box(0.0), box(5.0)]), torch.zeros(2, dtype=torch.int64)
+    gt, lab = torch.tensor([box(0.0)]), torch.zeros(1, dtype=torch.int64)
+    assert a.assign(anchors, classes, gt, lab).labels.tolist() == [0, 1]
+    anchors[0, 0] = 5.0  # in-place edit: the cached per-class anchors must not be reused
+    anchors[1, 0] = 0.0
+    assert a.assign(anchors, classes, gt, lab).labels.tolist() == [1, 0]
