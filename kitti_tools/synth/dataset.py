@@ -8,6 +8,7 @@ Layout under ``out``::
     ImageSets/train.txt  ImageSets/val.txt  ImageSets/trainval.txt
     synth.json                    (generator version and seed, checked on reruns)
 """
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -90,7 +91,8 @@ def _worker(job):
 
 def _check_meta(out: str, seed: int, lidar: LidarModel) -> None:
     path = os.path.join(out, META_FILE)
-    want = {"generator_version": GENERATOR_VERSION, "seed": int(seed), "lidar": repr(lidar)}
+    want = {"generator_version": GENERATOR_VERSION, "seed": int(seed),
+            "lidar": json.loads(json.dumps(dataclasses.asdict(lidar)))}
     if os.path.isfile(path):
         try:
             with open(path, "r", encoding="utf-8") as f:

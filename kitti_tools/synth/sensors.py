@@ -43,6 +43,7 @@ class LidarModel:
     dropout_far: float = 0.15
 
     def __post_init__(self):
+        object.__setattr__(self, "elevations_deg", tuple(float(v) for v in self.elevations_deg))
         if self.num_columns < 8 or self.num_columns % self.interleave:
             raise ValueError(f"LidarModel: num_columns ({self.num_columns}) must be >= 8 and a "
                              f"multiple of interleave ({self.interleave})")
