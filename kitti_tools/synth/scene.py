@@ -309,12 +309,22 @@ def _background(lay: _Layout, scene: Scene, rng: np.random.Generator):
                 base = float(scene.ground_height(x, y))
                 rows.append(prim(rc.CYLINDER, x, y, base + th / 2, tr, tr, th / 2, 0.0,
                                  rng.uniform(0.2, 0.4)))
-                rows.append(prim(rc.ELLIPSOID, x, y, base + th + 0.7 * ch, cr, cr * rng.uniform(0.8, 1.1),
+                crown_z = base + max(th + 0.7 * ch, 2.3 + ch)  # crown clears pedestrians
+                rows.append(prim(rc.ELLIPSOID, x, y, crown_z, cr, cr * rng.uniform(0.8, 1.1),
                                  ch, rng.uniform(0, np.pi), rng.uniform(0.25, 0.55),
                                  density=rng.uniform(0.55, 0.85), depth=0.8))
                 obstacles.append([x, y, 0.0, 2 * tr, 2 * tr, 1.0, 0.0])
                 x += rng.uniform(6, 16)
-    return np.stack(rows), np.asarray(obstacles, np.float64).reshape(-1, 7), streets
+    rows = np.stack(rows)
+    # everything near the ground is an obstacle for object placement (BEV boxes)
+    base = np.array([scene.ground_height(x, y) for x, y in rows[:, rc.F_X:rc.F_Y + 1].tolist()])
+    low = rows[:, rc.F_Z] - rows[:, rc.F_C] - base < 2.0
+    low &= rows[:, rc.F_KIND] != rc.CYLINDER  # poles and trunks are already listed
+    yaw = np.arctan2(rows[low, rc.F_SIN], rows[low, rc.F_COS])
+    extra = np.stack([rows[low, rc.F_X], rows[low, rc.F_Y], rows[low, rc.F_Z],
+                      2 * rows[low, rc.F_A], 2 * rows[low, rc.F_B], 2 * rows[low, rc.F_C], yaw], 1)
+    obstacles = np.concatenate([np.asarray(obstacles, np.float64).reshape(-1, 7), extra])
+    return rows, obstacles, streets
 
 
 _EGO = np.array([[-0.8, 0.0, 0.0, 4.6, 1.9, 1.6, 0.0]])  # the recording car, LiDAR on its roof

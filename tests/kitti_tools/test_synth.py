@@ -11,7 +11,9 @@ from pointdistiller.kitti_tools.synth import (IMAGE_SHAPE, LidarModel, Scene, ge
                                               generate_frame, kitti_calib, occlusion_level,
                                               render_frame, split_ids)
 from pointdistiller.kitti_tools.synth import raycast as rc
-from pointdistiller.kitti_tools.synth.scene import make_object, object_parts
+from pointdistiller.kitti_tools.synth.dataset import frame_rngs
+from pointdistiller.kitti_tools.synth.scene import (SIZE_STATS, generate_scene, make_object,
+                                                    object_parts, overlaps_any)
 from pointdistiller.kitti_tools.synth.sensors import camera_rays
 
 SEED, FRAMES = 7, 3
@@ -108,6 +110,20 @@ def test_label_consistency(frames):
         assert np.abs(dyaw).max() < 0.01
         dc = objs.select(~care)
         assert (dc.occluded == -1).all() and (dc.location == -1000).all()
+
+
+def test_scene_objects_do_not_overlap():
+    calib = kitti_calib()
+    for i in range(4):
+        scene = generate_scene(frame_rngs(11, i)[0], calib, IMAGE_SHAPE)
+        boxes = scene.boxes()
+        assert len(boxes) >= 5 and set(scene.names()) <= set(SIZE_STATS)
+        for k in range(len(boxes)):
+            assert not overlaps_any(boxes[k], np.delete(boxes, k, axis=0), 0.0)
+        # objects stand on the terrain
+        for obj in scene.objects:
+            x, y, z, _, _, h, _ = obj.box
+            assert z - h / 2 == pytest.approx(scene.ground_height(x, y), abs=1e-9)
 
 
 def test_occlusion_level_thresholds():
