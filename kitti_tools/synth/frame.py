@@ -3,10 +3,10 @@
 Labelling rules (what a KITTI annotator would have marked):
 
 - An object is a candidate if its 3D box projects into the image (the 2D box clipped to the image
-  has positive area) and it lies within ``label_distance`` metres (horizontal) of the sensor.
-- A candidate is labelled with its class if at least one LiDAR return of the object itself lies in
-  its box. Objects behind the camera or outside its view are never labelled, though they still
-  produce points.
+  has positive area). Objects behind the camera or outside its view are never labelled, though
+  they still produce points.
+- A candidate is labelled with its class if it lies within ``label_distance`` metres (horizontal)
+  of the sensor and at least one LiDAR return of the object itself lies in its box.
 - A candidate with no such return, or one farther than ``label_distance``, that camera 2 still
   sees (visible fraction > 0) becomes a ``DontCare`` region (its clipped 2D box).
 - ``bbox``: the projected 3D box clipped to the image. ``truncated``: the fraction of the unclipped
