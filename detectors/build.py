@@ -1,4 +1,5 @@
 """Detector name -> class, and building a detector from the ``model`` section of a config."""
+import inspect
 from typing import Any, Dict, Mapping
 
 from torch import nn
@@ -6,11 +7,13 @@ from torch import nn
 from .outputs import DetectorOutput
 from .pointpillars import PointPillars
 from .second import SECOND
+from .voxel_encoders import VoxelizationSettings
 
 # The detectors a config's ``model.type`` may name (exact, case-sensitive).
 DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND}
 
-__all__ = ["DETECTORS", "DetectorOutput", "build_detector"]
+__all__ = ["DETECTORS", "DetectorOutput", "VoxelizationSettings", "build_detector",
+           "voxelization_settings"]
 
 
 def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
@@ -29,3 +32,18 @@ def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
     if name not in DETECTORS:
         raise ValueError(f"model.type: unknown detector {name!r}; expected one of {sorted(DETECTORS)}")
     return DETECTORS[name](**kwargs)
+
+
+def voxelization_settings(model_cfg: Mapping[str, Any]) -> VoxelizationSettings:
+    """The voxelizer settings of the detector ``model_cfg`` describes, without building it (keys
+    ``voxel_size``, ``point_range``, ``max_points_per_voxel``, ``max_voxels`` = ``(train, test)``;
+    absent keys take the detector's defaults)."""
+    if not isinstance(model_cfg, Mapping) or model_cfg.get("type") not in DETECTORS:
+        raise ValueError(f"model_cfg: a mapping whose 'type' is one of {sorted(DETECTORS)} expected")
+    params = inspect.signature(DETECTORS[model_cfg["type"]].__init__).parameters
+    value = {k: model_cfg.get(k, params[k].default) for k in
+             ("voxel_size", "point_range", "max_points_per_voxel", "max_voxels")}
+    return VoxelizationSettings(tuple(float(v) for v in value["voxel_size"]),
+                                tuple(float(v) for v in value["point_range"]),
+                                int(value["max_points_per_voxel"]),
+                                tuple(int(v) for v in value["max_voxels"]))

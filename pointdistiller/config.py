@@ -51,7 +51,7 @@ def _validate_model(value: Any, key: str, where: Where) -> Dict[str, Any]:
     if not isinstance(value, dict):
         raise ConfigError(f"{where(key)}: '{key}' must be a mapping, got {_kind(value)}")
     name = value.get("type")
-    if name not in DETECTORS:
+    if not isinstance(name, str) or name not in DETECTORS:
         raise ConfigError(f"{where(key + '.type')}: '{key}.type' must be one of {sorted(DETECTORS)}, "
                           f"got {name!r}")
     cls = DETECTORS[name]
@@ -221,6 +221,8 @@ def load_raw(path: str, overrides: Iterable[str] = ()) -> Tuple[Dict[str, Any], 
         ``(merged mapping, where)``: ``where("a.b")`` names the file or ``--set`` that set key
         ``a.b`` (used in error messages).
     """
+    if isinstance(overrides, str):
+        raise TypeError("overrides: a sequence of 'KEY=VALUE' strings expected, got one string")
     child = _read_yaml(path)
     base_path, base = None, {}
     if "base" in child:
