@@ -26,6 +26,7 @@ from . import params
 from .overlaps import frame_overlaps
 
 _TYPE_CODE = {name.lower(): code for code, name in enumerate(KITTI_TYPES)}
+_CANONICAL_CODE = {name: code for code, name in enumerate(KITTI_TYPES)}
 _DONTCARE = _TYPE_CODE["dontcare"]
 # pass-1 "no detection yet" score of the devkit: a detection must score above it to be chosen
 _NO_DETECTION = -10000000.0
@@ -64,7 +65,7 @@ class EvalResult:
     num_frames: int
 
     def ap(self, cls: str, metric: str, difficulty: str = "moderate", overlap_set: str = "strict",
-           points: int = 40) -> float:
+           points: int = 40) -> Optional[float]:
         """AP in percent. ``metric``: "bbox", "bev", "3d" or "aos" (None when AOS was not
         computed); ``points``: 40 (R40, official) or 11 (R11)."""
         if points not in (11, 40):
@@ -143,19 +144,14 @@ class _Frames:
 
 def _type_codes(names: np.ndarray, what: str) -> np.ndarray:
     """``[n]`` int64 index into ``KITTI_TYPES`` of each (case-insensitive) type name."""
-    memo: Dict[str, int] = {}
-
-    def code(name) -> int:
-        found = memo.get(name)
-        if found is None:
-            found = _TYPE_CODE.get(str(name).lower())
-            if found is None:
-                raise ValueError(
-                    f"{what}: unknown object type {name!r} (known: {', '.join(KITTI_TYPES)})")
-            memo[name] = found
-        return found
-
-    return np.fromiter((code(n) for n in names), dtype=np.int64, count=len(names))
+    codes = np.array([_CANONICAL_CODE.get(n, -1) for n in names], dtype=np.int64)
+    for k in np.flatnonzero(codes < 0):  # non-canonical spelling or unknown type
+        code = _TYPE_CODE.get(str(names[k]).lower())
+        if code is None:
+            raise ValueError(
+                f"{what}: unknown object type {names[k]!r} (known: {', '.join(KITTI_TYPES)})")
+        codes[k] = code
+    return codes
 
 
 def _check_frame(obj, name: str, need_score: bool) -> None:
@@ -166,7 +162,8 @@ def _check_frame(obj, name: str, need_score: bool) -> None:
               "occluded": (n,), "alpha": (n,), "rotation_y": (n,)}
     if need_score:
         if obj.score is None:
-            raise ValueError(f"{name}: detections need scores (read result files with kind='result')")
+            raise ValueError(
+                f"{name}: detections need scores (read result files with kind='result')")
         shapes["score"] = (n,)
     for field, shape in shapes.items():
         got = np.shape(getattr(obj, field))
@@ -307,9 +304,12 @@ def score_thresholds(tp_scores, num_gt):
 
 
 @numba.njit(cache=True)
-def _match_frame(t, theta, ng, nd, dets, assigned, base, g0, d0, iou, ignored_gt, ignored_dt,
-                 score, gt_alpha, dt_alpha, dc_max, use_dontcare):
-    """Pass 2 (devkit ``compute_fp = true``) of one frame at score threshold ``t``.
+def _match_frame(t, ng, nd, dets, cand_start, cand, assigned, base, g0, d0, iou, ignored_gt,
+                 ignored_dt, score, gt_alpha, dt_alpha, dc_max, use_dontcare, theta):
+    """Pass 2 (devkit ``compute_fp = true``) of one frame at score threshold ``t``: each GT in file
+    order takes, among the unassigned eligible candidates (overlap > theta), the valid detection
+    with the highest overlap, or else the first height-ignored one. ``cand[cand_start[i]:
+    cand_start[i+1]]`` are GT i's candidates (indices into ``dets``, in file order).
     Returns ``(tp, fp, fn, similarity)``."""
     assigned[:nd] = False
     tp = 0
@@ -322,15 +322,14 @@ def _match_frame(t, theta, ng, nd, dets, assigned, base, g0, d0, iou, ignored_gt
         best = -1
         best_ignored = False
         max_overlap = 0.0
-        for k in range(nd):
+        for c in range(cand_start[i], cand_start[i + 1]):
+            k = cand[c]
             if assigned[k]:
                 continue
             j = dets[k]
             if score[d0 + j] < t:
                 continue
             o = iou[base + j * ng + i]
-            if not o > theta:
-                continue
             igd = ignored_dt[d0 + j]
             if igd == 0 and (o > max_overlap or best_ignored):
                 max_overlap = o
@@ -365,26 +364,44 @@ def _pr_counts(gt_off, dt_off, pair_off, iou, ignored_gt, ignored_dt, score, gt_
     (tp, fp, fn, similarity)."""
     num_t = thresholds.shape[0]
     out = np.zeros((num_t, 4))
-    cap = _max_count(dt_off)
-    dets = np.empty(cap, dtype=np.int64)
-    desc = np.empty(cap)
-    assigned = np.zeros(cap, dtype=np.bool_)
+    cap_d = _max_count(dt_off)
+    cap_g = _max_count(gt_off)
+    dets = np.empty(cap_d, dtype=np.int64)
+    desc = np.empty(cap_d)
+    assigned = np.zeros(cap_d, dtype=np.bool_)
+    cand_start = np.empty(cap_g + 1, dtype=np.int64)
+    cand = np.empty(cap_g * cap_d, dtype=np.int64)
     for f in range(gt_off.shape[0] - 1):
         g0 = gt_off[f]
         ng = gt_off[f + 1] - g0
         d0 = dt_off[f]
+        base = pair_off[f]
         nd = 0
+        n_valid_dt = 0
         for j in range(dt_off[f + 1] - d0):
             if ignored_dt[d0 + j] != -1:
                 dets[nd] = j
                 nd += 1
+                if ignored_dt[d0 + j] == 0:
+                    n_valid_dt += 1
         n_valid = 0
         for i in range(ng):
             if ignored_gt[g0 + i] == 0:
                 n_valid += 1
-        if n_valid == 0 and nd == 0:
-            continue
-        # Scores of the frame's relevant detections, descending (insertion sort: frames are small).
+        if n_valid == 0 and n_valid_dt == 0:
+            continue  # no TP, FP or FN at any threshold
+        # candidate detections of each GT: overlap > theta, in file order
+        n_cand = 0
+        for i in range(ng):
+            cand_start[i] = n_cand
+            if ignored_gt[g0 + i] == -1:
+                continue
+            for k in range(nd):
+                if iou[base + dets[k] * ng + i] > theta:
+                    cand[n_cand] = k
+                    n_cand += 1
+        cand_start[ng] = n_cand
+        # scores of the frame's relevant detections, descending (insertion sort: frames are small)
         for m in range(nd):
             s = score[d0 + dets[m]]
             p = m
@@ -407,8 +424,9 @@ def _pr_counts(gt_off, dt_off, pair_off, iou, ignored_gt, ignored_dt, score, gt_
                     tp, fp, fn, sim = 0, 0, n_valid, 0.0
                 else:
                     tp, fp, fn, sim = _match_frame(
-                        t, theta, ng, nd, dets, assigned, pair_off[f], g0, d0, iou, ignored_gt,
-                        ignored_dt, score, gt_alpha, dt_alpha, dc_max, use_dontcare)
+                        t, ng, nd, dets, cand_start, cand, assigned, base, g0, d0, iou,
+                        ignored_gt, ignored_dt, score, gt_alpha, dt_alpha, dc_max, use_dontcare,
+                        theta)
             out[k, 0] += tp
             out[k, 1] += fp
             out[k, 2] += fn

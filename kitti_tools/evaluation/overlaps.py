@@ -265,6 +265,8 @@ def frame_overlaps(gt_off, dt_off, pair_off, gt_bbox, gt_box, gt_used, gt_dontca
     iou_3d = np.zeros(total)
     dc_max = np.zeros(dt_bbox.shape[0])
     buf = np.empty((8, _CLIP_BUFFER))
+    gt_cos = np.cos(gt_box[:, 6])
+    gt_sin = np.sin(gt_box[:, 6])
     for f in range(num_frames):
         g0 = gt_off[f]
         ng = gt_off[f + 1] - g0
@@ -288,7 +290,7 @@ def frame_overlaps(gt_off, dt_off, pair_off, gt_bbox, gt_box, gt_used, gt_dontca
                 slot = base + j * ng + i
                 iou_2d[slot] = _image_overlap(db, gt_bbox[gi], -1)
                 gbox = gt_box[gi]
-                inter = _bev_intersection(dbox, gbox, cd, sd, np.cos(gbox[6]), np.sin(gbox[6]), buf)
+                inter = _bev_intersection(dbox, gbox, cd, sd, gt_cos[gi], gt_sin[gi], buf)
                 if inter <= 0.0:
                     continue
                 iou_bev[slot] = inter / (dbox[4] * dbox[5] + gbox[4] * gbox[5] - inter)

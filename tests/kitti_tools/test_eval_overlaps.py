@@ -179,10 +179,12 @@ def test_non_positive_sizes_overlap_nothing():
 def test_image_overlap_formula(pair, criterion):
     (x1, y1, w1, h1), (x2, y2, w2, h2) = pair
     a, b = np.array([[x1, y1, x1 + w1, y1 + h1]]), np.array([[x2, y2, x2 + w2, y2 + h2]])
-    iw = min(x1 + w1, x2 + w2) - max(x1, x2)
-    ih = min(y1 + h1, y2 + h2) - max(y1, y2)
+    (ax1, ay1, ax2, ay2), (bx1, by1, bx2, by2) = a[0].tolist(), b[0].tolist()
+    iw = min(ax2, bx2) - max(ax1, bx1)
+    ih = min(ay2, by2) - max(ay1, by1)
     inter = iw * ih if iw > 0 and ih > 0 else 0.0
-    denom = {-1: w1 * h1 + w2 * h2 - inter, 0: w1 * h1, 1: w2 * h2}[criterion]
+    area_a, area_b = (ax2 - ax1) * (ay2 - ay1), (bx2 - bx1) * (by2 - by1)
+    denom = {-1: area_a + area_b - inter, 0: area_a, 1: area_b}[criterion]
     expected = inter / denom if inter > 0 else 0.0
     assert image_iou(a, b, criterion)[0, 0] == pytest.approx(expected, rel=1e-12, abs=1e-15)
 
