@@ -1,5 +1,5 @@
 """SECOND (Yan et al., Sensors 2018), mmdetection3d's KITTI 3-class variant."""
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -46,7 +46,8 @@ class SECOND(nn.Module):
                  encoder_channels: Tuple[int, int, int, int] = (16, 32, 64, 64),
                  encoder_layers: Tuple[int, int, int, int] = (1, 3, 3, 3),
                  encoder_out_channels: int = 128,
-                 sparse_algo: str = "auto",
+                 sparse_algo: Literal["auto", "native", "mask_implicit_gemm",
+                                      "mask_split_implicit_gemm"] = "auto",
                  backbone_layers: Tuple[int, ...] = (5, 5),
                  backbone_strides: Tuple[int, ...] = (1, 2),
                  backbone_channels: Tuple[int, ...] = (128, 256),

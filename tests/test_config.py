@@ -128,11 +128,19 @@ def test_missing_base_and_bad_yaml(tmp_path):
     ("model.head=3", "'model.head' must be a mapping"),
     ("model.type=PointPillars", "'model.type' must be one of"),
     ("model=[1, 2]", "'model' must be a mapping"),
+    ("model.type=[1]", "'model.type' must be one of"),
 ])
 def test_wrong_types_rejected(pair, override, match):
     _, child = pair
     with pytest.raises(ConfigError, match=match):
         load_config(child, [override])
+
+
+def test_literal_choices(tmp_path):
+    path = _write(tmp_path, "s.yaml", "model:\n  type: second\n  sparse_algo: Native\n")
+    with pytest.raises(ConfigError, match="'model.sparse_algo' must be Literal"):
+        load_config(path)
+    assert load_config(path, ["model.sparse_algo=native"]).model["sparse_algo"] == "native"
 
 
 def test_float_fields_accept_ints_and_exponents(pair):
