@@ -308,6 +308,8 @@ def _kind(value: Any) -> str:
 
 
 def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     return re.sub(r"\btyping\.", "", getattr(tp, "__name__", None) if isinstance(tp, type)
                   else str(tp))
 
