@@ -2,6 +2,11 @@
 
 Each ``ops/csrc/**/*.cu`` is compiled to an object file for sm_80 and sm_90 against the installed
 torch's headers, two files at a time. Exit status 1 and nvcc's messages if any file fails.
+
+The CPU torch wheel ships c10/cuda headers but not the CMake-generated
+``c10/cuda/impl/cuda_cmake_macros.h``; when it is missing, a stub with its one definition is put on
+the include path (compile check only). Kernel sources include ``c10/cuda`` headers rather than
+``ATen/cuda/CUDAContext.h``, which needs cuBLAS/cuSPARSE headers that a bare toolkit may lack.
 """
 import concurrent.futures
 import glob
@@ -25,8 +30,21 @@ def _nvcc():
     return shutil.which("nvcc")
 
 
+def _stub_dir(out_dir):
+    """An include dir providing ``c10/cuda/impl/cuda_cmake_macros.h`` if torch lacks it."""
+    for inc in cpp_extension.include_paths():
+        if os.path.exists(os.path.join(inc, "c10", "cuda", "impl", "cuda_cmake_macros.h")):
+            return []
+    stub = os.path.join(out_dir, "stubs", "c10", "cuda", "impl")
+    os.makedirs(stub, exist_ok=True)
+    with open(os.path.join(stub, "cuda_cmake_macros.h"), "w") as f:
+        f.write("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+    return [os.path.join(out_dir, "stubs")]
+
+
 def compile_one(nvcc, src, out_dir):
-    includes = cpp_extension.include_paths() + [sysconfig.get_paths()["include"], CSRC]
+    includes = (cpp_extension.include_paths() + [sysconfig.get_paths()["include"], CSRC]
+                + _stub_dir(out_dir))
     obj = os.path.join(out_dir, os.path.relpath(src, CSRC).replace(os.sep, "_") + ".o")
     cmd = [nvcc, "-c", src, "-o", obj, "-std=c++17", "-O3", "--expt-relaxed-constexpr",
            "-DPD_WITH_CUDA=1", "-Xcompiler", "-fPIC",
