@@ -33,7 +33,7 @@ from pointdistiller.config import Config, ConfigError, config_to_dict, load_conf
 from pointdistiller.data.batch import CLASS_NAMES
 from pointdistiller.data.collate import VoxelCollator
 from pointdistiller.data.kitti_dataset import KittiDataset, _worker_init
-from pointdistiller.detectors.build import build_detector
+from pointdistiller.detectors.build import build_detector, voxelization_settings
 from pointdistiller.utils.fileio import atomic_open, atomic_torch_save, atomic_write_json
 
 from . import dist
@@ -200,10 +200,11 @@ def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], devic
 
 def check_alignment(student_cfg: Dict, teacher_cfg: Dict) -> None:
     """Teacher and student must voxelize identically, or node indices would not align."""
-    keys = ("point_range", "voxel_size", "max_points_per_voxel", "max_voxels")
-    diff = [f"{k}: teacher {list(teacher_cfg.get(k))} vs student {list(student_cfg.get(k))}"
-            for k in keys if list(teacher_cfg.get(k)) != list(student_cfg.get(k))]
-    if diff:
+    s, t = voxelization_settings(student_cfg), voxelization_settings(teacher_cfg)
+    if s != t:
+        diff = [f"{k}: teacher {getattr(t, k)} vs student {getattr(s, k)}"
+                for k in ("voxel_size", "point_range", "max_points", "max_voxels")
+                if getattr(t, k) != getattr(s, k)]
         raise RunError("teacher and student voxelize differently, so their features cannot be "
                        "matched: " + "; ".join(diff))
 
