@@ -1,0 +1,63 @@
+// knn: exact k nearest neighbours by squared Euclidean distance, per sample of a ragged batch.
+//
+// Schema: knn(Tensor query, Tensor ref, int k, Tensor? query_offsets=None,
+//             Tensor? ref_offsets=None) -> (Tensor idx, Tensor dist2)
+//
+// Inputs
+//   query          [Q, C] float32, finite (C >= 1)
+//   ref            [M, C] float32, finite, same device as query
+//   k              1 <= k <= number of ref rows of every sample that has at least one query
+//   query_offsets  [B + 1] int64 cumulative counts (offsets[0] == 0, non-decreasing,
+//   ref_offsets    offsets[B] == Q resp. M); both or neither (neither = one sample). Same device.
+// Outputs
+//   idx    [Q, k] int64  global row indices into ref; a query of sample b only sees rows
+//                        ref_offsets[b]:ref_offsets[b + 1]
+//   dist2  [Q, k] float32 squared distances, ascending
+//
+// Distance (the contract every kernel and the reference follow):
+//   dist2(q, r) = sum over c = 0, 1, ..., C-1 of (q[c] - r[c])^2, evaluated in float32 in that
+//   order, each subtraction, product and sum rounded separately (no fused multiply-add). The value
+//   is therefore a pure function of the two rows: duplicated points give bit-identical distances,
+//   CPU and CUDA agree bit for bit, and ties are well defined.
+// Ordering: ascending by (dist2, ref index): among equal distances the lower index comes first.
+// Determinism: results do not depend on thread count, block order or tiling.
+//
+// Algorithms (never materialise a Q x M matrix)
+//   CPU, C <= 3: a k-d tree per sample (median splits on the widest axis, leaves of a few points,
+//     tight bounding box and smallest row index per node), searched depth first with a bounded
+//     max-heap; a node is skipped when its box distance exceeds the current k-th distance, or equals
+//     it and all its rows have higher indices.
+//   CPU, C > 3: tiled brute force. Blocks of queries x chunks of (centred, packed) refs; a register
+//     micro-kernel computes dot products, lower/upper bounds of each distance from
+//     |q|^2 + |r|^2 - 2 q.r with a rigorous rounding-error margin, and a per-query candidate buffer
+//     keeps every ref whose lower bound can still reach the top k. The survivors' exact distances
+//     (the definition above) decide the result. Parallel over query blocks.
+//   CUDA: tiled brute force. One warp per query, 8 queries per block; ref tiles and query chunks
+//     are staged through shared memory, every lane computes exact distances of its refs and the warp
+//     maintains a sorted top-k list (shared memory when small, else the output row) by cooperative
+//     insertion.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace pointdistiller {
+namespace knn_detail {
+
+// Host copy of the per-sample layout, after validation.
+struct KnnLayout {
+  int64_t num_samples = 1;
+  std::vector<int64_t> query_offsets;  // [B + 1]
+  std::vector<int64_t> ref_offsets;    // [B + 1]
+};
+
+// Validates every argument (shapes, dtypes, devices, offsets, k against each sample's ref count,
+// finiteness) and returns the layout. Errors: TypeError for dtypes, ValueError otherwise.
+KnnLayout check_knn_args(const at::Tensor& query, const at::Tensor& ref, int64_t k,
+                         const c10::optional<at::Tensor>& query_offsets,
+                         const c10::optional<at::Tensor>& ref_offsets);
+
+}  // namespace knn_detail
+}  // namespace pointdistiller
