@@ -4,6 +4,7 @@ PointDistiller's local distillation finds, for each selected voxel/point, its K 
 the teacher's feature space (C = 64..256) or in coordinates (C = 3). This op does it exactly without
 ever building the query x reference distance matrix (see ``ops/csrc/knn/knn.h`` for the kernels).
 """
+import operator
 from typing import Optional, Tuple
 
 import torch
@@ -43,11 +44,12 @@ def knn(query: Tensor, ref: Tensor, k: int, query_offsets: Optional[Tensor] = No
         ValueError: wrong shapes, mismatched channels/devices/offsets, ``k < 1``, ``k`` above a
             sample's reference count (the message names the sample), NaN or inf in the inputs.
     """
-    _check_args(query, ref, k, query_offsets, ref_offsets)
-    return op("knn")(query, ref, int(k), query_offsets, ref_offsets)
+    k = _check_args(query, ref, k, query_offsets, ref_offsets)
+    return op("knn")(query, ref, k, query_offsets, ref_offsets)
 
 
-def _check_args(query, ref, k, query_offsets, ref_offsets) -> None:
+def _check_args(query, ref, k, query_offsets, ref_offsets) -> int:
+    """Raises on bad arguments (checks that need the data run in the native op); returns k."""
     for name, t in (("query", query), ("ref", ref)):
         if not isinstance(t, Tensor):
             raise TypeError(f"knn: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -60,8 +62,12 @@ def _check_args(query, ref, k, query_offsets, ref_offsets) -> None:
         raise ValueError(f"knn: query has {query.shape[1]} channels but ref has {ref.shape[1]}")
     if query.device != ref.device:
         raise ValueError(f"knn: query is on {query.device} but ref is on {ref.device}")
-    if isinstance(k, bool) or not isinstance(k, int):
+    if isinstance(k, bool) or isinstance(k, Tensor):
         raise TypeError(f"knn: k must be an int, got {type(k).__name__}")
+    try:
+        k = operator.index(k)
+    except TypeError:
+        raise TypeError(f"knn: k must be an int, got {type(k).__name__}") from None
     if k < 1:
         raise ValueError(f"knn: k must be >= 1, got {k}")
     if (query_offsets is None) != (ref_offsets is None):
@@ -81,6 +87,7 @@ def _check_args(query, ref, k, query_offsets, ref_offsets) -> None:
         raise ValueError(
             f"knn: query_offsets has {query_offsets.shape[0]} entries but ref_offsets has "
             f"{ref_offsets.shape[0]}; both must be [B + 1] for the same B")
+    return k
 
 
 @after_load("knn")

@@ -169,6 +169,10 @@ def test_k_below_one(k):
 def test_k_not_int():
     with pytest.raises(TypeError, match="k must be an int"):
         knn(torch.randn(4, 3), torch.randn(9, 3), 2.0)
+    with pytest.raises(TypeError, match="k must be an int"):
+        knn(torch.randn(4, 3), torch.randn(9, 3), True)
+    idx, _ = knn(torch.randn(4, 3), torch.randn(9, 3), np.int64(2))   # integer-like is fine
+    assert idx.shape == (4, 2)
 
 
 @pytest.mark.parametrize("qo,ro,match", [
