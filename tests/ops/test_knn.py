@@ -47,6 +47,12 @@ def test_matches_reference(c, case, q, m, k):
     _assert_matches_reference(query, ref, k)
 
 
+@pytest.mark.parametrize("c", [257, 512])
+def test_wide_channels(c):
+    query, ref = _data("random", 25, 300, c, seed=6)
+    _assert_matches_reference(query, ref, 10)
+
+
 @pytest.mark.parametrize("c", [2, 3, 8, 64])
 def test_large_common_offset(c):
     query, ref = _data("offset", 60, 700, c, seed=3)
@@ -266,7 +272,7 @@ def test_fake_kernel_and_schema():
 # CUDA
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("c", [1, 3, 16, 64, 130])
+@pytest.mark.parametrize("c", [1, 3, 16, 64, 130, 512])
 @pytest.mark.parametrize("case", ["random", "ties"])
 @pytest.mark.parametrize("k", [1, 16, 128, 300])
 def test_cuda_equals_cpu(c, case, k):
