@@ -48,6 +48,10 @@ VoxelGrid make_grid(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
     grid.min[d] = lo;
     grid.size[d] = size;
     grid.dims[d] = static_cast<int64_t>(cells_f);
+    grid.upper[d] = static_cast<float>(grid.dims[d]);
+    if (static_cast<double>(grid.upper[d]) < static_cast<double>(grid.dims[d])) {
+      grid.upper[d] = std::nextafter(grid.upper[d], INFINITY);
+    }
     TORCH_CHECK_VALUE(cells <= (int64_t{1} << 62) / grid.dims[d],
                       "voxelize: the grid has more than 2^62 cells; use larger voxels");
     cells *= grid.dims[d];

@@ -46,6 +46,7 @@ struct VoxelGrid {
   float min[3];      // x, y, z lower corner (metres)
   float size[3];     // x, y, z voxel edge (metres)
   int64_t dims[3];   // x, y, z number of cells
+  float upper[3];    // smallest float >= dims[d]: for any float q, q < dims[d] <=> q < upper[d]
   int64_t num_cells() const { return dims[0] * dims[1] * dims[2]; }
 };
 

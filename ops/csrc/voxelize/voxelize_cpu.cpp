@@ -70,13 +70,6 @@ void reserve_at_least(std::vector<T>& v, size_t n) {
   if (v.size() < n) v.resize(n);
 }
 
-// Smallest float >= n, so that for any float q: q < n  <=>  q < upper_bound_f(n).
-inline float upper_bound_f(int64_t n) {
-  float f = static_cast<float>(n);
-  if (static_cast<double>(f) < static_cast<double>(n)) f = std::nextafter(f, INFINITY);
-  return f;
-}
-
 // Step 1 on one block of at most kBlock points: the coordinates are first gathered into
 // contiguous arrays so that the arithmetic below vectorises. Returns the points in range and ORs
 // into *bad whether any value of the block is not finite. Compiled twice on x86-64 (baseline SSE2
@@ -108,8 +101,7 @@ PD_ALWAYS_INLINE int64_t keys_of_block(const float* points, int64_t nb, int64_t 
 
   const float lx = g.min[0], ly = g.min[1], lz = g.min[2];
   const float sx = g.size[0], sy = g.size[1], sz = g.size[2];
-  const float ux = upper_bound_f(g.dims[0]), uy = upper_bound_f(g.dims[1]),
-              uz = upper_bound_f(g.dims[2]);
+  const float ux = g.upper[0], uy = g.upper[1], uz = g.upper[2];
   const Key gx = static_cast<Key>(g.dims[0]), gy = static_cast<Key>(g.dims[1]);
   int32_t ix[kBlock], iy[kBlock], iz[kBlock];
   int64_t valid = 0;
