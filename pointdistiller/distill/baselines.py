@@ -65,10 +65,11 @@ class AttentionTransfer(nn.Module):
 class ResponseKD(nn.Module):
     """Response distillation on anchor-head outputs.
 
-    Class term: binary cross-entropy of the student's logits against the teacher's sigmoid
-    probabilities at temperature T (times T^2). Box term: smooth L1 between the student's and the
-    teacher's box residuals, weighted per anchor by the teacher's highest class probability, so
-    background anchors count little.
+    Class term: binary KL divergence from the teacher's sigmoid probabilities to the student's at
+    temperature T (times T^2), i.e. the binary cross-entropy against the teacher's soft targets
+    minus their entropy, so identical heads give 0 (the gradient is the cross-entropy's). Box term:
+    smooth L1 between the student's and the teacher's box residuals, weighted per anchor by the
+    teacher's highest class probability, so background anchors count little.
 
     Args:
         cls_weight, box_weight: multipliers of the two terms.
@@ -92,7 +93,11 @@ class ResponseKD(nn.Module):
             raise ValueError(f"response KD: teacher class map {tuple(t_cls.shape)} and student "
                              f"{tuple(s_cls.shape)} differ (same anchors and grid needed)")
         soft = torch.sigmoid(t_cls / t)
-        cls_loss = F.binary_cross_entropy_with_logits(s_cls / t, soft) * t * t
+        entropy = F.binary_cross_entropy_with_logits(t_cls / t, soft)
+        cls_loss = (F.binary_cross_entropy_with_logits(s_cls / t, soft) - entropy) * t * t
+        if teacher_head.box.shape != student_head.box.shape:
+            raise ValueError(f"response KD: teacher box map {tuple(teacher_head.box.shape)} and "
+                             f"student {tuple(student_head.box.shape)} differ")
         b, _, h, w = t_cls.shape
         conf = torch.sigmoid(t_cls).reshape(b, -1, num_classes, h, w).max(dim=2).values  # [B, A, H, W]
         t_box = teacher_head.box.detach().reshape(b, conf.shape[1], 7, h, w)

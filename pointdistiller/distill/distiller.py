@@ -32,6 +32,22 @@ def _nodes(feature: Tensor, batch, name: str) -> Tuple[Tensor, Tensor, Tensor, O
                      f"or [B, C, H, W]")
 
 
+def _pair(t_out, s_out, batch, name: str, where: str):
+    """(teacher nodes, offsets, coords, points-per-node or None, student nodes) of one tap."""
+    for model, out in (("teacher", t_out), ("student", s_out)):
+        if name not in out.features:
+            raise ValueError(f"distill.{where}: the {model}'s output has no feature tap {name!r} "
+                             f"(taps: {', '.join(sorted(out.features))})")
+    t_nodes, offsets, coords, npts = _nodes(t_out.features[name], batch, name)
+    s_nodes, s_offsets, _, _ = _nodes(s_out.features[name], batch, name)
+    if t_nodes.shape[0] != s_nodes.shape[0] or not torch.equal(offsets, s_offsets):
+        raise ValueError(f"distill.{where}: teacher and student tap {name!r} have different nodes "
+                         f"(teacher {tuple(t_out.features[name].shape)}, student "
+                         f"{tuple(s_out.features[name].shape)}); distillation needs the same "
+                         f"voxels / BEV grid in both")
+    return t_nodes, offsets, coords, npts, s_nodes
+
+
 class Distiller(nn.Module):
     """Frozen teacher + student + distillation terms.
 
@@ -80,6 +96,7 @@ class Distiller(nn.Module):
             for i, t in enumerate(config.attention))
         self.response = (ResponseKD(config.response.cls_weight, config.response.box_weight,
                                     config.response.temperature) if config.response else None)
+        self.train(self.training)   # puts the teacher in the mode teacher_mode asks for
 
     @property
     def teacher_model(self) -> nn.Module:
@@ -96,6 +113,12 @@ class Distiller(nn.Module):
         self.teacher_model.train(mode and self.config.teacher_mode == "train")
         return self
 
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.half() reach the teacher too, although it is not a submodule
+        super()._apply(fn, recurse)
+        self.teacher_model._apply(fn, recurse)
+        return self
+
     def forward(self, batch) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
         """Returns (losses with ``"total"`` = detection + distillation, stats for logging)."""
         with torch.no_grad():
@@ -105,8 +128,8 @@ class Distiller(nn.Module):
         stats: Dict[str, float] = {}
         kd_total = losses["total"].new_zeros(())
         for i, (cfg, term) in enumerate(zip(self.config.local, self.local_terms)):
-            t_nodes, offsets, coords, npts = _nodes(t_out.features[cfg.feature], batch, cfg.feature)
-            s_nodes = _nodes(s_out.features[cfg.feature], batch, cfg.feature)[0]
+            t_nodes, offsets, coords, npts, s_nodes = _pair(t_out, s_out, batch, cfg.feature,
+                                                            f"local[{i}]")
             if cfg.importance == "num_points":
                 if npts is None:
                     raise ValueError(f"distill.local[{i}]: importance 'num_points' needs a voxel tap, "
@@ -121,8 +144,8 @@ class Distiller(nn.Module):
         for kind, cfgs, terms in (("fitnet", self.config.fitnet, self.fitnet_terms),
                                   ("attention", self.config.attention, self.attention_terms)):
             for i, (cfg, term) in enumerate(zip(cfgs, terms)):
-                t_nodes, offsets, _, _ = _nodes(t_out.features[cfg.feature], batch, cfg.feature)
-                s_nodes = _nodes(s_out.features[cfg.feature], batch, cfg.feature)[0]
+                t_nodes, offsets, _, _, s_nodes = _pair(t_out, s_out, batch, cfg.feature,
+                                                        f"{kind}[{i}]")
                 loss, _ = term(t_nodes, s_nodes, offsets)
                 losses[f"kd_{kind}{i}"] = loss
                 kd_total = kd_total + loss
