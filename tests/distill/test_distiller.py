@@ -1,0 +1,133 @@
+"""The Distiller with real detectors: the demo PointPillars teacher and 4x student on a small random
+batch, and SECOND BEV terms on a small field."""
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from pointdistiller.config import load_config
+from pointdistiller.detectors.build import build_detector
+from pointdistiller.distill.config import DistillConfig, FeatureTermConfig, LocalTermConfig
+from pointdistiller.distill.distiller import Distiller
+from pointdistiller.distill.local import LocalDistillation
+
+from conftest import make_batch
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _model_cfg(path, overrides=()):
+    return load_config(os.path.join(REPO, path), list(overrides)).model
+
+
+@pytest.fixture(scope="module")
+def pillars():
+    """(teacher, student, batch, teacher config, student config) of the demo PointPillars pair."""
+    t_cfg = _model_cfg("configs/demo/pointpillars_teacher.yaml")
+    s_cfg = _model_cfg("configs/demo/pointpillars_student_4x.yaml")
+    torch.manual_seed(0)
+    teacher, student = build_detector(t_cfg), build_detector(s_cfg)
+    batch = make_batch(student, num_points=4000)
+    return teacher, student, batch, t_cfg, s_cfg
+
+
+def _pp_distiller(pillars, teacher_mode="eval", **term):
+    teacher, student, _, t_cfg, s_cfg = pillars
+    cfg = DistillConfig(teacher_mode=teacher_mode,
+                        local=[LocalTermConfig(feature="pfn", num_nodes=400, k=16, **term)],
+                        fitnet=[FeatureTermConfig(feature="backbone.2", loss_weight=0.5)])
+    chans_t = {"pfn": t_cfg["pillar_channels"], "backbone.2": t_cfg["backbone_channels"][2]}
+    chans_s = {"pfn": s_cfg["pillar_channels"], "backbone.2": s_cfg["backbone_channels"][2]}
+    return Distiller(student, teacher, cfg, chans_t, chans_s)
+
+
+@pytest.mark.parametrize("teacher_mode", ["eval", "train"])
+def test_pointpillars_forward_backward(pillars, teacher_mode):
+    teacher, student, batch, _, _ = pillars
+    distiller = _pp_distiller(pillars, teacher_mode).train()
+    assert teacher.training == (teacher_mode == "train")
+    assert student.training
+    student.zero_grad(set_to_none=True)
+    losses, stats = distiller(batch)
+    assert {"det", "kd", "kd_local0", "kd_fitnet0", "total", "cls", "box", "dir"} <= set(losses)
+    assert torch.allclose(losses["total"], losses["det"] + losses["kd"])
+    assert torch.allclose(losses["kd"], losses["kd_local0"] + losses["kd_fitnet0"])
+    assert losses["kd_local0"].item() > 0
+    assert stats["local0_selected"] == 400 and stats["local0_k"] == 16
+    assert 1 <= stats["local0_effective_weighted"] <= 400
+    losses["total"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert student.voxel_encoder.linear.weight.grad.abs().sum() > 0
+    for name, p in distiller.kd_modules().named_parameters():
+        assert p.grad is not None, name
+    distiller.eval()
+    assert not teacher.training and not student.training
+
+
+def test_pointpillars_module_bookkeeping(pillars):
+    teacher, student, _, _, _ = pillars
+    distiller = _pp_distiller(pillars)
+    kd = distiller.kd_modules()
+    layers = [m for m in kd.modules() if isinstance(m, LocalDistillation)]
+    assert len(layers) == 1 and layers[0].teacher_graph.conv.in_channels == 2 * 64
+    assert layers[0].student_graph.conv.in_channels == 2 * 32
+    teacher_params = {id(p) for p in teacher.parameters()}
+    assert not teacher_params & {id(p) for p in distiller.parameters()}
+    assert not any(k.startswith("teacher") for k in distiller.state_dict())
+    kd_params = {id(p) for p in kd.parameters()}
+    assert kd_params <= {id(p) for p in distiller.parameters()}
+    distiller.to(torch.float64)                      # .to() reaches the teacher too
+    assert next(teacher.parameters()).dtype == torch.float64
+    distiller.to(torch.float32)
+
+
+def test_pointpillars_unknown_tap_and_mismatched_nodes(pillars):
+    teacher, student, batch, t_cfg, s_cfg = pillars
+    cfg = DistillConfig(local=[LocalTermConfig(feature="pillars")])
+    with pytest.raises(ValueError, match="no feature tap 'pillars'"):
+        Distiller(student, teacher, cfg, {"pfn": 64}, {"pfn": 32})
+    # channels known, but the model produces no such tap
+    distiller = Distiller(student, teacher, cfg, {"pillars": 64}, {"pillars": 32})
+    with pytest.raises(ValueError, match="output has no feature tap 'pillars'"):
+        distiller(batch)
+
+    class DropLastPillar(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, b):
+            out = self.model(b)
+            out.features["pfn"] = out.features["pfn"][:-1]
+            return out
+
+    distiller = Distiller(student, DropLastPillar(teacher), DistillConfig(
+        local=[LocalTermConfig(feature="pfn", num_nodes=100, k=8)]), {"pfn": 64}, {"pfn": 32})
+    with pytest.raises(ValueError, match="tap 'pfn'"):
+        distiller(batch)
+    with pytest.raises(ValueError, match="teacher_mode"):
+        Distiller(student, teacher, DistillConfig(teacher_mode="frozen"), {}, {})
+
+
+def test_second_bev_terms_channel_max():
+    small = "model.point_range=[0.0, -3.2, -3.0, 6.4, 3.2, 1.0]"      # 128 x 128 x 40 voxels
+    cfg = _model_cfg("configs/second/student_16x.yaml", [small])
+    torch.manual_seed(0)
+    teacher, student = build_detector(cfg), build_detector(cfg)
+    batch = make_batch(student, num_points=1500)
+    terms = [LocalTermConfig(feature=f"backbone.{i}", importance="channel_max", num_nodes=32, k=8,
+                             tau=1e-4) for i in range(2)]
+    chans = {"backbone.0": cfg["backbone_channels"][0], "backbone.1": cfg["backbone_channels"][1]}
+    distiller = Distiller(student, teacher, DistillConfig(local=terms), chans, chans).train()
+    losses, stats = distiller(batch)
+    assert losses["kd_local0"].item() >= 0 and losses["kd_local1"].item() >= 0
+    assert stats["local0_selected"] == 32 and stats["local1_k"] == 8
+    losses["total"].backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    graph = distiller.local_terms[1].student_graph.conv.weight
+    assert graph.grad is not None and graph.grad.abs().sum() > 0
+    bad = DistillConfig(local=[LocalTermConfig(feature="backbone.0", importance="num_points")])
+    with pytest.raises(ValueError, match="needs a voxel tap"):
+        Distiller(student, teacher, bad, chans, chans)(batch)
