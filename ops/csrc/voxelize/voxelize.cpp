@@ -24,11 +24,11 @@ VoxelGrid make_grid(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
                     points.sizes());
   TORCH_CHECK_VALUE(points.size(0) < std::numeric_limits<int32_t>::max(),
                     "voxelize: points has ", points.size(0), " rows; at most 2^31 - 2 supported");
-  TORCH_CHECK_VALUE(voxel_size.size() == 3, "voxelize: voxel_size must hold 3 values (x, y, z), got ",
-                    voxel_size.size());
+  TORCH_CHECK_VALUE(voxel_size.size() == 3,
+                    "voxelize: voxel_size must hold 3 values (x, y, z), got ", voxel_size.size());
   TORCH_CHECK_VALUE(point_range.size() == 6,
-                    "voxelize: point_range must hold 6 values (xmin, ymin, zmin, xmax, ymax, zmax), "
-                    "got ", point_range.size());
+                    "voxelize: point_range must hold 6 values (xmin, ymin, zmin, xmax, ymax, "
+                    "zmax), got ", point_range.size());
   VoxelGrid grid;
   int64_t cells = 1;
   for (int d = 0; d < 3; ++d) {
@@ -43,8 +43,9 @@ VoxelGrid make_grid(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
     TORCH_CHECK_VALUE(hi > lo, "voxelize: point_range ", kAxis[d], "max (", point_range[d + 3],
                       ") must be greater than ", kAxis[d], "min (", point_range[d], ")");
     const float cells_f = std::round((hi - lo) / size);
-    TORCH_CHECK_VALUE(cells_f >= 1.f && cells_f <= 1073741824.f, "voxelize: point_range and voxel_size give ",
-                      cells_f, " cells along ", kAxis[d], "; need 1 to 2^30");
+    TORCH_CHECK_VALUE(cells_f >= 1.f && cells_f <= 1073741824.f,
+                      "voxelize: point_range and voxel_size give ", cells_f, " cells along ",
+                      kAxis[d], "; need 1 to 2^30");
     grid.min[d] = lo;
     grid.size[d] = size;
     grid.dims[d] = static_cast<int64_t>(cells_f);

@@ -4,9 +4,10 @@
 //   1. keys (parallel): each point's linear cell key (z * Gy + y) * Gx + x, or the empty key when
 //      it is out of range, and a finiteness check of every value of the point;
 //   2. assignment (one sequential pass in input order): every key is looked up in an
-//      open-addressing hash map (multiplicative hash, linear probing, load <= 1/2); a new key gets
-//      the next voxel id while ids remain. This pass fixes every voxel id and every point's row.
-//   3. copies (parallel): stored points go to their (voxel, row); unused rows are zeroed.
+//      open-addressing hash map (multiplicative hash, linear probing, load <= 1/8); a new key gets
+//      the next voxel id while ids remain. This pass fixes every voxel id and every point's row,
+//      and lists the points to store;
+//   3. copies (parallel): the listed points go to their (voxel, row) of a zeroed output.
 // The hash map and the per-point scratch live in a thread-local workspace reused across calls; the
 // map is sized by min(points in range, max_voxels), never by the grid, and is left all-empty after
 // each call by clearing only the entries filled. Output is identical for any thread count.
@@ -196,10 +197,11 @@ template <typename Key, bool kStore>
 int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t max_points,
                       int64_t capacity, Workspace<Key>& ws, int64_t* point_to_voxel,
                       int64_t* stored) {
+  const int key_bits = static_cast<int>(sizeof(Key) * 8);
   int bits = 4;
-  while ((int64_t{1} << bits) < kTableSlack * capacity) ++bits;
+  while (bits < key_bits && (int64_t{1} << bits) < kTableSlack * capacity) ++bits;
   const size_t mask = (size_t{1} << bits) - 1;
-  const int shift = static_cast<int>(sizeof(Key) * 8) - bits;
+  const int shift = key_bits - bits;
   if (ws.table.size() < mask + 1) ws.table.assign(mask + 1, Entry<Key>{kEmpty<Key>, -1});
   reserve_at_least(ws.voxel_key, capacity);
   reserve_at_least(ws.voxel_count, capacity);

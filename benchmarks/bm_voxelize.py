@@ -1,0 +1,121 @@
+"""Benchmark of hard voxelization (pointdistiller.ops.voxelize) against spconv's PointToVoxel.
+
+One real KITTI frame (velodyne/000000.bin, ~115k points) in the PointPillars setting (range
+[0, -39.68, -3, 69.12, 39.68, 1], voxel [0.16, 0.16, 4], 32 points per voxel) and the SECOND
+setting (range [0, -40, -3, 70.4, 40, 1], voxel [0.05, 0.05, 0.1], 5 points per voxel), 16000
+voxels. Named baseline: spconv ``PointToVoxel.generate_voxel_with_id`` built once (its dense
+grid table allocated outside the timing, as in a data loader). CPU with torch.set_num_threads(1);
+after a warm-up, medians over --repeat runs taken in blocks of 10 consecutive calls, the two ops
+taking turns so that load from other processes hits both alike. ``--cuda`` adds our CUDA op vs
+spconv's CUDA PointToVoxel (torch.cuda.synchronize after each call).
+
+Usage: python benchmarks/bm_voxelize.py [--repeat 50] [--frame PATH] [--cuda] [--json]
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+from pointdistiller.ops.voxelize import voxelize
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_FRAME = os.path.join(os.path.dirname(REPO), "shared", "kitti_sample", "training",
+                             "velodyne", "000000.bin")
+MAX_VOXELS = 16000
+SETTINGS = {
+    "pointpillars": dict(point_range=[0, -39.68, -3, 69.12, 39.68, 1],
+                         voxel_size=[0.16, 0.16, 4], max_points=32),
+    "second": dict(point_range=[0, -40, -3, 70.4, 40, 1], voxel_size=[0.05, 0.05, 0.1],
+                   max_points=5),
+}
+
+
+def time_blocks(fns: List[Callable[[], object]], repeat: int, block: int = 10, warmup: int = 5,
+                sync: Callable[[], None] = lambda: None) -> List[float]:
+    """Median wall time (ms) of each function over ``repeat`` runs, run in blocks of ``block``
+    consecutive calls per function, the functions taking turns, so that both see the same load."""
+    times: List[List[float]] = [[] for _ in fns]
+    for k, fn in enumerate(fns):
+        for _ in range(warmup):
+            fn()
+        sync()
+    while len(times[0]) < repeat:
+        for k, fn in enumerate(fns):
+            fn()  # first call after the other function: not timed (its caches are cold)
+            sync()
+            for _ in range(min(block, repeat - len(times[k]))):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def spconv_generator(setting: Dict, channels: int, device: torch.device):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from spconv.pytorch.utils import PointToVoxel
+    return PointToVoxel(setting["voxel_size"], setting["point_range"], channels, MAX_VOXELS,
+                        setting["max_points"], device=device)
+
+
+def bench_device(points: torch.Tensor, repeat: int) -> Dict[str, Dict[str, float]]:
+    device = points.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    results = {}
+    for name, setting in SETTINGS.items():
+        gen = spconv_generator(setting, points.shape[1], device)
+        ref = gen.generate_voxel_with_id(points)
+        ours = voxelize(points, setting["voxel_size"], setting["point_range"],
+                        setting["max_points"], MAX_VOXELS)
+        same = all(torch.equal(a, b) for a, b in zip(ref, ours))
+        t_spconv, t_ours = time_blocks(
+            [lambda: gen.generate_voxel_with_id(points),
+             lambda: voxelize(points, setting["voxel_size"], setting["point_range"],
+                              setting["max_points"], MAX_VOXELS)],
+            repeat, sync=sync)
+        results[name] = {"spconv_ms": t_spconv, "ours_ms": t_ours,
+                         "spconv/ours": t_spconv / t_ours, "voxels": int(ours.voxels.shape[0]),
+                         "identical_to_spconv": same}
+    return results
+
+
+def main(argv=None) -> Dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=50, help="timed runs per op (>= 20)")
+    parser.add_argument("--frame", default=DEFAULT_FRAME, help="KITTI velodyne .bin file")
+    parser.add_argument("--cuda", action="store_true", help="also time the CUDA ops")
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON dict")
+    args = parser.parse_args(argv)
+    if args.repeat < 20:
+        parser.error("--repeat must be >= 20")
+    torch.set_num_threads(1)
+    points = torch.from_numpy(np.fromfile(args.frame, dtype=np.float32).reshape(-1, 4))
+    results = {"frame": args.frame, "points": int(points.shape[0]), "max_voxels": MAX_VOXELS,
+               "cpu": bench_device(points, args.repeat)}
+    if args.cuda:
+        if not torch.cuda.is_available():
+            parser.error("--cuda needs a CUDA device")
+        results["cuda"] = bench_device(points.cuda(), args.repeat)
+        results["cuda_device"] = torch.cuda.get_device_name()
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(f"voxelize, {results['points']} points, max_voxels {MAX_VOXELS}, "
+              f"medians of {args.repeat} runs (torch threads: 1)")
+        for device in ("cpu", "cuda"):
+            for name, r in results.get(device, {}).items():
+                print(f"  {device:4s} {name:12s} spconv {r['spconv_ms']:7.3f} ms  ours "
+                      f"{r['ours_ms']:7.3f} ms  spconv/ours {r['spconv/ours']:5.2f}  "
+                      f"({r['voxels']} voxels, identical: {r['identical_to_spconv']})")
+    return results
+
+
+if __name__ == "__main__":
+    main()
