@@ -1,0 +1,191 @@
+"""Trainer: a real (tiny) training run on synthetic scenes, exact resume, work-dir and teacher
+checks, distillation from a trained teacher, and 2-process DDP on CPU (gloo)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pointdistiller.config import load_config
+from pointdistiller.engine.trainer import RunError, Trainer
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PAPER_PP = os.path.join(REPO, "configs", "pointpillars", "teacher.yaml")
+
+# A tiny PointPillars on a 25.6 x 25.6 m field with 0.4 m pillars (64 x 64 grid), narrow widths.
+MODEL = """base: {base}
+model:
+  point_range: [0.0, -12.8, -3.0, 25.6, 12.8, 1.0]
+  voxel_size: [0.4, 0.4, 4.0]
+  max_voxels: [3000, 3000]
+  max_points_per_voxel: 16
+  pillar_channels: {p}
+  backbone_channels: [{p}, {b}, {b}]
+  neck_channels: {p}
+train: {{batch_size: 2, workers: 0, epochs: 2, repeat: 1, log_interval: 1, lr: 0.002, amp: false}}
+"""
+KD = """teacher: {{config: teacher.yaml}}
+distill:
+  local: [{{feature: pfn, num_nodes: 256, k: 8}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def configs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("configs")
+    (d / "teacher.yaml").write_text(MODEL.format(base=PAPER_PP, p=16, b=32))
+    (d / "student.yaml").write_text(MODEL.format(base=PAPER_PP, p=8, b=16))
+    (d / "student_kd.yaml").write_text(MODEL.format(base=PAPER_PP, p=8, b=16) + KD.format())
+    return d
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from pointdistiller.kitti_tools.prepare import prepare_kitti
+    from pointdistiller.kitti_tools.synth.dataset import generate_dataset
+
+    root = str(tmp_path_factory.mktemp("synth"))
+    generate_dataset(root, 6, seed=3, workers=1)
+    prepare_kitti(root, splits=("train", "val"), workers=1, progress=False, log=lambda *_: None)
+    return root
+
+
+def _train(tmp_path, root, configs, name="teacher.yaml", sub="run", extra=(), stop_at=None,
+           resume=False, teacher=None):
+    path = str(configs / name)
+    cfg = load_config(path, (f"data.root={root}",) + tuple(extra))
+    trainer = Trainer(cfg, path, str(tmp_path / sub), resume=resume, teacher_checkpoint=teacher,
+                      device="cpu", log=lambda *_: None, progress=False)
+    return trainer.run(stop_at=stop_at)
+
+
+def test_training_run_writes_everything(tmp_path, synth_root, configs):
+    result = _train(tmp_path, synth_root, configs, extra=("train.max_iters=3",))
+    assert result.iterations == 3
+    run = tmp_path / "run"
+    for f in ("config.yaml", "model_final.pt", "checkpoints/latest.pt", "eval.json", "log.jsonl"):
+        assert (run / f).is_file(), f
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(run / "tb"))
+    metrics = json.loads((run / "eval.json").read_text())
+    assert set(metrics) == {"strict", "loose"}
+    assert len(os.listdir(run / "results" / "val")) == 3   # 6 frames, half val
+    steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps if "eval" not in s] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor(s["total"])) for s in steps if "total" in s)
+
+
+def test_loss_decreases_over_a_short_run(tmp_path, synth_root, configs):
+    """Without augmentation the 3 training scenes are fitted: the loss falls clearly in 20 steps."""
+    no_aug = ("data.augment.gt_sampling=false", "data.augment.object_noise=false",
+              "data.augment.flip_x_prob=0.0", "data.augment.global_rotation=0.0",
+              "data.augment.global_scale=[1.0, 1.0]")
+    _train(tmp_path, synth_root, configs, extra=("train.epochs=10",) + no_aug)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    totals = [s["total"] for s in steps if "total" in s]
+    assert len(totals) == 20
+    assert sum(totals[-3:]) < 0.8 * sum(totals[:3])
+
+
+def test_resume_gives_the_same_weights(tmp_path, synth_root, configs):
+    extra = ("train.checkpoint_interval=1",)
+    straight = _train(tmp_path, synth_root, configs, sub="straight", extra=extra)
+    _train(tmp_path, synth_root, configs, sub="interrupted", extra=extra, stop_at=2)
+    assert not (tmp_path / "interrupted" / "model_final.pt").exists()
+    resumed = _train(tmp_path, synth_root, configs, sub="interrupted", extra=extra, resume=True)
+    assert resumed.iterations == straight.iterations
+    a = torch.load(straight.final_checkpoint, weights_only=False)["model"]
+    b = torch.load(resumed.final_checkpoint, weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_work_dir_of_another_run_is_refused(tmp_path, synth_root, configs):
+    _train(tmp_path, synth_root, configs, extra=("train.max_iters=1",))
+    before = (tmp_path / "run" / "model_final.pt").stat().st_mtime_ns
+    with pytest.raises(RunError, match="holds another run"):
+        _train(tmp_path, synth_root, configs, extra=("train.max_iters=1",))
+    with pytest.raises(RunError, match="config differs"):
+        _train(tmp_path, synth_root, configs, extra=("train.max_iters=2",), resume=True)
+    assert (tmp_path / "run" / "model_final.pt").stat().st_mtime_ns == before
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory, synth_root, configs):
+    out = tmp_path_factory.mktemp("teacher")
+    return _train(out, synth_root, configs, extra=("train.max_iters=2",)).final_checkpoint
+
+
+def test_distillation_run(tmp_path, synth_root, configs, teacher_ckpt):
+    result = _train(tmp_path, synth_root, configs, "student_kd.yaml", "kd", ("train.max_iters=2",),
+                    teacher=teacher_ckpt)
+    steps = [json.loads(line) for line in (tmp_path / "kd" / "log.jsonl").read_text().splitlines()]
+    logged = [s for s in steps if "kd" in s]
+    assert len(logged) == 2 and all(s["kd"] > 0 for s in logged)
+    assert all(s["local0_effective_weighted"] >= 1.0 for s in logged)
+    saved = torch.load(result.final_checkpoint, weights_only=False)["model"]
+    student = _train(tmp_path, synth_root, configs, "student.yaml", "plain", ("train.max_iters=1",))
+    assert set(saved) == set(torch.load(student.final_checkpoint, weights_only=False)["model"])
+
+
+def test_teacher_checks(tmp_path, synth_root, configs, teacher_ckpt):
+    def kd(sub, extra=(), teacher=teacher_ckpt):
+        return _train(tmp_path, synth_root, configs, "student_kd.yaml", sub,
+                      ("train.max_iters=1",) + tuple(extra), teacher=teacher)
+
+    with pytest.raises(RunError, match="sha256"):
+        kd("a", ("teacher.sha256=" + "ab" * 32,))
+    with pytest.raises(RunError, match="not found"):
+        kd("b", teacher=str(tmp_path / "missing.pt"))
+    other = tmp_path / "other.pt"          # weights of another architecture
+    state = torch.load(teacher_ckpt, weights_only=False)
+    state["model"] = {k: v[..., :1] if v.dim() > 1 else v for k, v in state["model"].items()}
+    torch.save(state, other)
+    with pytest.raises(RunError, match="does not match its config"):
+        kd("c", teacher=str(other))
+    with pytest.raises(RunError, match="voxelize differently"):
+        kd("d", ("model.max_points_per_voxel=8",))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RunError, match="not a readable checkpoint"):
+        kd("e", teacher=str(bad))
+    with pytest.raises(RunError, match="no feature tap"):
+        kd("f", ("distill.local=[{feature: nope}]",))
+    assert not (tmp_path / "a" / "checkpoints" / "latest.pt").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume(tmp_path, synth_root, configs):
+    """A run killed with SIGKILL mid-training resumes from its last checkpoint and finishes."""
+    args = [sys.executable, "-m", "pointdistiller.cli.train", str(configs / "teacher.yaml"),
+            "--work-dir", str(tmp_path / "run"), "--device", "cpu", "--no-progress",
+            "--set", f"data.root={synth_root}", "--set", "train.checkpoint_interval=1",
+            "--set", "train.epochs=4"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = tmp_path / "run" / "checkpoints" / "latest.pt"
+    deadline = time.time() + 120
+    while not latest.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert latest.exists()
+    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "model_final.pt").is_file()
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes(tmp_path, synth_root, configs):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+            "-m", "pointdistiller.cli.train", str(configs / "teacher.yaml"),
+            "--work-dir", str(tmp_path / "ddp"), "--device", "cpu", "--no-progress",
+            "--set", f"data.root={synth_root}", "--set", "train.max_iters=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (tmp_path / "ddp" / "model_final.pt").is_file()
+    assert (tmp_path / "ddp" / "eval.json").is_file()
