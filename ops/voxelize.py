@@ -75,7 +75,7 @@ def _check_points(points) -> None:
         raise TypeError(f"points must be float32, got {points.dtype}")
     if points.dim() != 2 or points.shape[1] < 3:
         raise ValueError(f"points must have shape [N, C] with C >= 3, got {list(points.shape)}")
-    if points.device.type not in ("cpu", "cuda", "meta"):
+    if points.device.type not in ("cpu", "cuda"):
         raise ValueError(f"points must be on a CPU or CUDA device, got {points.device}")
 
 

@@ -93,6 +93,8 @@ def test_errors_name_the_argument():
         scatter_reduce(features, index, -1)
     with pytest.raises(ValueError, match="reduce must be one of"):
         scatter_reduce(features, index, 4, "sum")
+    with pytest.raises(ValueError, match="index must be on the device of features"):
+        scatter_reduce(features, index.to("meta"), 4)
     with pytest.raises(TypeError, match="index must be a torch.Tensor"):
         scatter_reduce(features, index.tolist(), 4)
     bad = index.clone()

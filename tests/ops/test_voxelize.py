@@ -259,6 +259,8 @@ def test_errors_name_the_argument():
         V.voxelize(pts, size, rng, 5, 10.0)
     with pytest.raises(TypeError, match="points must be float32"):
         V.voxelize_dynamic(pts.half(), size, rng)
+    with pytest.raises(ValueError, match="points must be on a CPU or CUDA device"):
+        V.voxelize(pts.to("meta"), size, rng, 5, 10)
 
 
 def test_raw_op_checks_arguments_too():
