@@ -276,6 +276,8 @@ def test_raw_op_checks_arguments_too():
         op("voxelize")(pts, size, rng, -3, 10)
     with pytest.raises(ValueError, match="cells along x"):
         op("voxelize")(pts, [1e-12, 1, 1], [0, 0, 0, 1e6, 1, 1], 5, 10)
+    with pytest.raises(ValueError, match="needs 63 bits of cell index"):  # 2^21 cells per axis
+        op("voxelize_dynamic")(pts, [2.0 ** -11] * 3, [0, 0, 0, 1024, 1024, 1024])
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])

@@ -30,7 +30,6 @@ VoxelGrid make_grid(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
                     "voxelize: point_range must hold 6 values (xmin, ymin, zmin, xmax, ymax, "
                     "zmax), got ", point_range.size());
   VoxelGrid grid;
-  int64_t cells = 1;
   for (int d = 0; d < 3; ++d) {
     // float32 like spconv, which receives these as std::vector<float>.
     const float size = static_cast<float>(voxel_size[d]);
@@ -53,10 +52,12 @@ VoxelGrid make_grid(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
     if (static_cast<double>(grid.upper[d]) < static_cast<double>(grid.dims[d])) {
       grid.upper[d] = std::nextafter(grid.upper[d], INFINITY);
     }
-    TORCH_CHECK_VALUE(cells <= (int64_t{1} << 62) / grid.dims[d],
-                      "voxelize: the grid has more than 2^62 cells; use larger voxels");
-    cells *= grid.dims[d];
+    grid.bits[d] = 0;
+    while ((int64_t{1} << grid.bits[d]) < grid.dims[d]) ++grid.bits[d];
   }
+  TORCH_CHECK_VALUE(grid.key_bits() <= 62, "voxelize: the grid (", grid.dims[0], " x ",
+                    grid.dims[1], " x ", grid.dims[2], " cells) needs ", grid.key_bits(),
+                    " bits of cell index, more than 62; use larger voxels or a smaller range");
   return grid;
 }
 

@@ -30,7 +30,7 @@
 //
 // CPU: one sequential pass over an open-addressing hash map (thread-local, reused across calls,
 // sized by min(N, max_voxels), never by the grid); key computation and copies in parallel.
-// CUDA: linear keys, stable radix sort, segment heads, prefix sums for first-appearance order.
+// CUDA: cell keys, stable radix sort, segment heads, prefix sums for first-appearance order.
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -47,12 +47,17 @@ struct VoxelGrid {
   float size[3];     // x, y, z voxel edge (metres)
   int64_t dims[3];   // x, y, z number of cells
   float upper[3];    // smallest float >= dims[d]: for any float q, q < dims[d] <=> q < upper[d]
-  int64_t num_cells() const { return dims[0] * dims[1] * dims[2]; }
+  int bits[3];       // x, y, z bits of a cell index: the least b with dims[d] <= 2^b
+  // A cell's key packs its index as z << (bits x + bits y) | y << bits x | x (decoded by shifts).
+  int key_bits() const { return bits[0] + bits[1] + bits[2]; }
 };
 
+// Keys of at most this many bits are stored as 32-bit integers (faster sorts and hash maps).
+constexpr int kSmallKeyBits = 30;
+
 // Checks points (dtype float32, [N, C >= 3], N < 2^31), voxel_size (3 finite values > 0) and
-// point_range (6 finite values, max > min, 1 to 2^30 cells per axis, < 2^62 cells in all) and
-// returns the grid. Errors name the argument.
+// point_range (6 finite values, max > min, 1 to 2^30 cells per axis, keys of at most 62 bits)
+// and returns the grid. Errors name the argument.
 VoxelGrid make_grid(const at::Tensor& points, c10::ArrayRef<double> voxel_size,
                     c10::ArrayRef<double> point_range);
 

@@ -1,8 +1,8 @@
 // CPU kernels of pointdistiller::voxelize and voxelize_dynamic (contract in voxelize.h).
 //
 // Algorithm, in three steps:
-//   1. keys (parallel): each point's linear cell key (z * Gy + y) * Gx + x, or the empty key when
-//      it is out of range, and a finiteness check of every value of the point;
+//   1. keys (parallel): each point's cell key (z, y, x bit-packed, see VoxelGrid), or the empty
+//      key when it is out of range, and a finiteness check of every value of the point;
 //   2. assignment (one sequential pass in input order): every key is looked up in an
 //      open-addressing hash map (multiplicative hash, linear probing, load <= 1/8); a new key gets
 //      the next voxel id while ids remain. This pass fixes every voxel id and every point's row,
@@ -103,7 +103,7 @@ PD_ALWAYS_INLINE int64_t keys_of_block(const float* points, int64_t nb, int64_t 
   const float lx = g.min[0], ly = g.min[1], lz = g.min[2];
   const float sx = g.size[0], sy = g.size[1], sz = g.size[2];
   const float ux = g.upper[0], uy = g.upper[1], uz = g.upper[2];
-  const Key gx = static_cast<Key>(g.dims[0]), gy = static_cast<Key>(g.dims[1]);
+  const int by = g.bits[0], bz = g.bits[0] + g.bits[1];
   int32_t ix[kBlock], iy[kBlock], iz[kBlock];
   int64_t valid = 0;
   for (int64_t j = 0; j < nb; ++j) {
@@ -118,7 +118,7 @@ PD_ALWAYS_INLINE int64_t keys_of_block(const float* points, int64_t nb, int64_t 
   }
   for (int64_t j = 0; j < nb; ++j) {
     keys[j] = ix[j] < 0 ? kEmpty<Key>
-                        : (static_cast<Key>(iz[j]) * gy + static_cast<Key>(iy[j])) * gx +
+                        : (static_cast<Key>(iz[j]) << bz) | (static_cast<Key>(iy[j]) << by) |
                               static_cast<Key>(ix[j]);
   }
   if (coords != nullptr) {
@@ -254,12 +254,12 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
 // (z, y, x) of each of the first m voxel keys.
 template <typename Key>
 void decode_keys(const Key* keys, int64_t m, const VoxelGrid& g, int32_t* coords) {
-  const Key gx = static_cast<Key>(g.dims[0]), gy = static_cast<Key>(g.dims[1]);
+  const int by = g.bits[0], bz = g.bits[0] + g.bits[1];
+  const Key mx = (Key{1} << g.bits[0]) - 1, my = (Key{1} << g.bits[1]) - 1;
   for (int64_t v = 0; v < m; ++v) {
-    const Key plane = keys[v] / gx;
-    coords[3 * v + 2] = static_cast<int32_t>(keys[v] - plane * gx);
-    coords[3 * v + 1] = static_cast<int32_t>(plane % gy);
-    coords[3 * v] = static_cast<int32_t>(plane / gy);
+    coords[3 * v] = static_cast<int32_t>(keys[v] >> bz);
+    coords[3 * v + 1] = static_cast<int32_t>((keys[v] >> by) & my);
+    coords[3 * v + 2] = static_cast<int32_t>(keys[v] & mx);
   }
 }
 
@@ -337,8 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> voxelize_dynamic_impl(const at::T
   return {point_coords, voxel_coords, point_to_voxel};
 }
 
-// Keys fit in 32 bits (faster, smaller map) unless the grid has 2^32 - 1 cells or more.
-bool small_keys(const VoxelGrid& g) { return g.num_cells() < int64_t{0xFFFFFFFF}; }
+bool small_keys(const VoxelGrid& g) { return g.key_bits() <= kSmallKeyBits; }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> voxelize_cpu(
     const at::Tensor& points, c10::ArrayRef<double> voxel_size,

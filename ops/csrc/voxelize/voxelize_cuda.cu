@@ -1,7 +1,7 @@
 // CUDA kernels of pointdistiller::voxelize and voxelize_dynamic (contract in voxelize.h).
 //
 // Algorithm (same output as the CPU kernel, bit for bit, and deterministic):
-//   1. one thread per point: linear cell key (z * Gy + y) * Gx + x with the CPU's float32
+//   1. one thread per point: the bit-packed cell key (see VoxelGrid) with the CPU's float32
 //      arithmetic (__fsub_rn / __fdiv_rn, no contraction), or a sentinel above every key when out
 //      of range; a flag for non-finite values;
 //   2. stable radix sort of the keys (at::sort, stable): the points of a voxel become one segment,
@@ -11,7 +11,7 @@
 //   4. one synchronisation to read the number of voxels (and the non-finite flag);
 //   5. one thread per sorted point: its rank inside the segment is its rank in input order, so the
 //      first max_points points are stored, exactly as on CPU.
-// 32-bit keys when the grid has fewer than 2^31 - 1 cells (half the radix passes), else 64-bit.
+// 32-bit keys when they need at most 30 bits (half the radix passes), else 64-bit.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,7 +34,8 @@ inline unsigned int blocks_for(int64_t n) {
 
 struct DeviceGrid {
   float lo[3], size[3], upper[3];
-  int64_t dx, dy;
+  int by, bz;             // shifts of y and z in a key
+  int64_t mask_x, mask_y;
 };
 
 DeviceGrid device_grid(const VoxelGrid& g) {
@@ -44,18 +45,19 @@ DeviceGrid device_grid(const VoxelGrid& g) {
     d.size[k] = g.size[k];
     d.upper[k] = g.upper[k];
   }
-  d.dx = g.dims[0];
-  d.dy = g.dims[1];
+  d.by = g.bits[0];
+  d.bz = g.bits[0] + g.bits[1];
+  d.mask_x = (int64_t{1} << g.bits[0]) - 1;
+  d.mask_y = (int64_t{1} << g.bits[1]) - 1;
   return d;
 }
 
 template <typename Key>
 __device__ __forceinline__ void decode(Key key, const DeviceGrid& g, int32_t* zyx) {
   const int64_t k = static_cast<int64_t>(key);
-  const int64_t plane = k / g.dx;
-  zyx[0] = static_cast<int32_t>(plane / g.dy);
-  zyx[1] = static_cast<int32_t>(plane % g.dy);
-  zyx[2] = static_cast<int32_t>(k - plane * g.dx);
+  zyx[0] = static_cast<int32_t>(k >> g.bz);
+  zyx[1] = static_cast<int32_t>((k >> g.by) & g.mask_y);
+  zyx[2] = static_cast<int32_t>(k & g.mask_x);
 }
 
 // Step 1. keys[i] (sentinel when out of range); point_coords rows when not null.
@@ -79,7 +81,8 @@ __global__ void keys_kernel(const float* __restrict__ points, int64_t n, int64_t
     cx = static_cast<int32_t>(x);
     cy = static_cast<int32_t>(y);
     cz = static_cast<int32_t>(z);
-    keys[i] = static_cast<Key>((static_cast<int64_t>(cz) * g.dy + cy) * g.dx + cx);
+    keys[i] = static_cast<Key>((static_cast<int64_t>(cz) << g.bz) |
+                               (static_cast<int64_t>(cy) << g.by) | cx);
   } else {
     keys[i] = std::numeric_limits<Key>::max();
   }
@@ -212,9 +215,7 @@ __global__ void fill_dynamic_kernel(const Key* __restrict__ sorted,
   if (i == start) decode(key, g, voxel_coords + 3 * voxel);
 }
 
-bool small_keys(const VoxelGrid& g) {
-  return g.num_cells() < static_cast<int64_t>(std::numeric_limits<int32_t>::max());
-}
+bool small_keys(const VoxelGrid& g) { return g.key_bits() <= kSmallKeyBits; }
 
 template <typename Key>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> voxelize_impl(
