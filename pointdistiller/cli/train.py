@@ -26,8 +26,8 @@ DEMO_RUNS = (
     ("student_4x_kd", "pointpillars_student_4x_kd.yaml", "PointPillars 4x, PointDistiller"),
 )
 # --quick: few scenes, few steps; still a real train + evaluate of all three models.
-QUICK_OVERRIDES = ("data.synthetic_frames=24", "train.epochs=2", "train.repeat=1",
-                   "train.max_iters=12", "train.batch_size=2", "train.workers=1",
+QUICK_OVERRIDES = ("data.synthetic_frames=16", "train.epochs=2", "train.repeat=1",
+                   "train.max_iters=8", "train.batch_size=2", "train.workers=1",
                    "train.log_interval=2")
 
 

@@ -427,13 +427,14 @@ class Trainer:
                 self.iteration += 1
                 if self.iteration % max(1, t.log_interval) == 0 or self.iteration == self.total_iters:
                     record = {"step": self.iteration, "epoch": epoch,
+                              "seconds": round(time.time() - start_time, 2),
                               "lr": self.optimizer.param_groups[0]["lr"],
                               **{k: float(v) for k, v in losses.items()}, **stats}
                     if dist.is_main():
                         with open(log_path, "a", encoding="utf-8") as f:
                             f.write(json.dumps(record) + "\n")
                         for k, v in record.items():
-                            if k not in ("step", "epoch"):
+                            if k not in ("step", "epoch", "seconds"):
                                 writer.add_scalar(f"train/{k}", v, self.iteration)
                 if bar is not None:
                     shown = {k: f"{float(v):.3f}" for k, v in losses.items()
@@ -551,12 +552,13 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: KittiDatase
 
 def moderate_table(rows: List[Tuple[str, Dict]]) -> str:
     """A side-by-side table of 3D and BEV AP_R40 (moderate, strict) per class and their mean."""
-    head = f"{'model':<28}" + "".join(f"{c[:3] + ' ' + m:>10}" for m in ("3D", "BEV") for c in CLASS_NAMES) \
+    width = max([28] + [len(name) + 2 for name, _ in rows])
+    head = f"{'model':<{width}}" + "".join(f"{c[:3] + ' ' + m:>10}" for m in ("3D", "BEV") for c in CLASS_NAMES) \
         + f"{'mAP 3D':>9}{'mAP BEV':>9}"
     lines = [head, "-" * len(head)]
     for name, metrics in rows:
         vals = {m: [metrics["strict"][c][key]["R40"][1] for c in CLASS_NAMES]
                 for m, key in (("3D", "3d"), ("BEV", "bev"))}
-        lines.append(f"{name:<28}" + "".join(f"{v:>10.2f}" for m in ("3D", "BEV") for v in vals[m])
+        lines.append(f"{name:<{width}}" + "".join(f"{v:>10.2f}" for m in ("3D", "BEV") for v in vals[m])
                      + f"{np.mean(vals['3D']):>9.2f}{np.mean(vals['BEV']):>9.2f}")
     return "\n".join(lines)
