@@ -4,8 +4,9 @@
 //   1. keys (parallel): each point's cell key (z, y, x bit-packed, see VoxelGrid), or the empty
 //      key when it is out of range, and a finiteness check of every value of the point;
 //   2. assignment (one sequential pass in input order): every key is looked up in an
-//      open-addressing hash map (multiplicative hash, linear probing, load <= 1/8); a new key gets
-//      the next voxel id while ids remain. This pass fixes every voxel id and every point's row,
+//      open-addressing hash map (multiplicative hash, linear probing, load <= 1/8) whose entries
+//      are voxel ids (4 bytes; the key is checked in the small per-voxel key array); a new key
+//      gets the next voxel id while ids remain. This pass fixes every voxel id and every point's row,
 //      and lists the points to store;
 //   3. copies (parallel): the listed points go to their (voxel, row) of a zeroed output.
 // The hash map and the per-point scratch live in a thread-local workspace reused across calls; the
@@ -34,12 +35,6 @@ constexpr int64_t kGrain = 16384;  // points (or voxels) per parallel chunk
 constexpr int64_t kTableSlack = 8;
 
 template <typename Key>
-struct Entry {
-  Key key;
-  int32_t voxel;
-};
-
-template <typename Key>
 constexpr Key kEmpty = ~Key(0);
 
 inline size_t hash_key(uint32_t key, int shift) {
@@ -51,7 +46,7 @@ inline size_t hash_key(uint64_t key, int shift) {
 
 template <typename Key>
 struct Workspace {
-  std::vector<Entry<Key>> table;    // invariant between calls: every entry empty
+  std::vector<int32_t> table;       // voxel ids; invariant between calls: every entry -1
   std::vector<Key> point_key;       // [N]
   std::vector<int32_t> copy_src;    // [<= N] stored points, in input order
   std::vector<int64_t> copy_dst;    // [<= N] their row in voxels viewed as [M * max_points, C]
@@ -202,11 +197,11 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
   while (bits < key_bits && (int64_t{1} << bits) < kTableSlack * capacity) ++bits;
   const size_t mask = (size_t{1} << bits) - 1;
   const int shift = key_bits - bits;
-  if (ws.table.size() < mask + 1) ws.table.assign(mask + 1, Entry<Key>{kEmpty<Key>, -1});
+  if (ws.table.size() < mask + 1) ws.table.assign(mask + 1, -1);
   reserve_at_least(ws.voxel_key, capacity);
   reserve_at_least(ws.voxel_count, capacity);
   reserve_at_least(ws.voxel_entry, capacity);
-  Entry<Key>* table = ws.table.data();
+  int32_t* table = ws.table.data();
   Key* voxel_key = ws.voxel_key.data();
   int32_t* voxel_count = ws.voxel_count.data();
   size_t* voxel_entry = ws.voxel_entry.data();
@@ -221,18 +216,19 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
     if (key != kEmpty<Key>) {
       size_t e = hash_key(key, shift);
       while (true) {
-        if (table[e].key == key) {
-          voxel = table[e].voxel;
-          break;
-        }
-        if (table[e].key == kEmpty<Key>) {
+        const int32_t held = table[e];
+        if (held < 0) {
           if (num_voxels < max_voxels) {
             voxel = num_voxels++;
-            table[e] = Entry<Key>{key, voxel};
+            table[e] = voxel;
             voxel_key[voxel] = key;
             voxel_count[voxel] = 0;
             voxel_entry[voxel] = e;
           }
+          break;
+        }
+        if (voxel_key[held] == key) {
+          voxel = held;
           break;
         }
         e = (e + 1) & mask;
@@ -247,7 +243,7 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
     }
   }
   if (kStore) *stored = num_stored;
-  for (int32_t v = 0; v < num_voxels; ++v) table[voxel_entry[v]].key = kEmpty<Key>;
+  for (int32_t v = 0; v < num_voxels; ++v) table[voxel_entry[v]] = -1;
   return num_voxels;
 }
 
