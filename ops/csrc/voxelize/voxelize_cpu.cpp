@@ -6,12 +6,14 @@
 //   2. assignment (one sequential pass in input order): every key is looked up in an
 //      open-addressing hash map (multiplicative hash, linear probing, load <= 1/8) whose entries
 //      are voxel ids (4 bytes; the key is checked in the small per-voxel key array); a new key
-//      gets the next voxel id while ids remain. This pass fixes every voxel id and every point's row,
-//      and lists the points to store;
+//      gets the next voxel id while ids remain. This pass fixes every voxel id and every point's
+//      row, and lists the points to store;
 //   3. copies (parallel): the listed points go to their (voxel, row) of a zeroed output.
 // The hash map and the per-point scratch live in a thread-local workspace reused across calls; the
 // map is sized by min(points in range, max_voxels), never by the grid, and is left all-empty after
-// each call by clearing only the entries filled. Output is identical for any thread count.
+// each call by clearing only the entries filled. The workspace keeps the size of the largest call
+// seen on its thread: about 48 bytes per voxel of min(points in range, max_voxels) and 20 bytes
+// per point. Output is identical for any thread count.
 #include "voxelize/voxelize.h"
 
 #include <ATen/ATen.h>
