@@ -132,35 +132,6 @@ def _worker_a(variant: str, repeats: int, warmup: int, device_name: str) -> dict
 # ---------------------------------------------------------------------------------------------
 # (b) training steps with the demo PointPillars pair on real KITTI frames
 # ---------------------------------------------------------------------------------------------
-def _pillars(points, voxel_size, point_range, max_points: int, max_voxels: int):
-    """Voxelizes one ``[N, C]`` float32 tensor as the voxelize op's contract says (voxels numbered by first appearance,
-    the first ``max_points`` points of each kept): ``voxels [V, max_points, C]``, ``coords [V, 3]``
-    int32 (z, y, x), ``num_points [V]`` int32."""
-    import torch
-
-    points = points.numpy()
-    lo = np.asarray(point_range[:3], np.float32)
-    size = np.asarray(voxel_size, np.float32)
-    grid = np.round((np.asarray(point_range[3:], np.float32) - lo) / size).astype(np.int64)
-    cell = np.floor((points[:, :3] - lo) / size).astype(np.int64)
-    ok = np.nonzero(((cell >= 0) & (cell < grid)).all(axis=1))[0]
-    keys = (cell[ok, 2] * grid[1] + cell[ok, 1]) * grid[0] + cell[ok, 0]
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    vid = rank[inverse]
-    m = min(len(first), max_voxels)
-    order = np.argsort(vid, kind="stable")
-    sorted_vid = vid[order]
-    slot = np.arange(len(order)) - np.searchsorted(sorted_vid, sorted_vid, side="left")
-    keep = (sorted_vid < m) & (slot < max_points)
-    voxels = np.zeros((m, max_points, points.shape[1]), np.float32)
-    voxels[sorted_vid[keep], slot[keep]] = points[ok[order[keep]]]
-    counts = np.minimum(np.bincount(vid[vid < m], minlength=m), max_points).astype(np.int32)
-    coords = np.ascontiguousarray(cell[ok[np.sort(first)[:m]]][:, ::-1], np.int32)
-    return torch.from_numpy(voxels), torch.from_numpy(coords), torch.from_numpy(counts), None
-
-
 def _kitti_batch(model_cfg: dict, frames: int = 2):
     from pointdistiller.data.batch import CLASS_NAMES
     from pointdistiller.data.collate import Sample, VoxelCollator
@@ -185,8 +156,7 @@ def _kitti_batch(model_cfg: dict, frames: int = 2):
                   & (boxes[:, 1] < hi[1]))
         samples.append(Sample(kio.read_velodyne(path), boxes[inside], labels[inside], frame))
     collate = VoxelCollator(model_cfg["voxel_size"], model_cfg["point_range"],
-                            model_cfg["max_points_per_voxel"], model_cfg["max_voxels"][0],
-                            voxelize=_pillars)
+                            model_cfg["max_points_per_voxel"], model_cfg["max_voxels"][0])
     return collate(samples)
 
 
