@@ -239,7 +239,8 @@ def _device(name: Optional[str]) -> torch.device:
     return torch.device("cpu")
 
 
-def _prepare_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
+def _check_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
+    """Refuses a work dir that holds another run (or, with ``resume``, a different config)."""
     cfg_path = os.path.join(work_dir, "config.yaml")
     if os.path.isfile(cfg_path):
         with open(cfg_path, encoding="utf-8") as f:
@@ -256,6 +257,11 @@ def _prepare_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
     elif os.path.isdir(work_dir) and os.listdir(work_dir):
         raise RunError(f"work dir {work_dir} is not empty and holds no pd-train run; "
                        f"choose another --work-dir (nothing was overwritten)")
+
+
+def _create_work_dir(work_dir: str, resolved: Dict) -> None:
+    """Creates the work dir and writes the resolved config (rank 0), once every check has passed."""
+    cfg_path = os.path.join(work_dir, "config.yaml")
     if dist.is_main():
         os.makedirs(os.path.join(work_dir, "checkpoints"), exist_ok=True)
         if not os.path.isfile(cfg_path):
@@ -296,7 +302,7 @@ class Trainer:
         t = self.train_cfg
         torch.manual_seed(t.seed)
         np.random.seed(t.seed % (2 ** 32))
-        _prepare_work_dir(self.work_dir, self.resolved, self.resume)
+        _check_work_dir(self.work_dir, self.resolved, self.resume)
         self.root = resolve_dataset_root(self.data, self.log)
         self.train_loader, self.train_set = build_loader(self.root, self.data, self.cfg.model, t,
                                                          self.data.train_split, training=True)
@@ -328,6 +334,7 @@ class Trainer:
         else:
             objective = DetectionObjective(self.student)
         self.objective = objective
+        _create_work_dir(self.work_dir, self.resolved)
         params = [p for p in objective.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.iters_per_epoch = math.ceil(len(self.train_loader.sampler) / t.batch_size)
