@@ -20,7 +20,7 @@ step() {  # step NAME CMD...
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
 step build env MAX_JOBS=16 $PY -m pip install --no-deps --no-build-isolation -q -e .
-step cuda-tests $PY -m pytest -q -m cuda tests/ops tests/detectors
+step cuda-tests $PY -m pytest -q -m cuda tests
 for bm in bm_voxelize bm_knn bm_iou3d bm_distill; do
   [ -f benchmarks/$bm.py ] && step "$bm" $PY benchmarks/$bm.py --cuda
 done
