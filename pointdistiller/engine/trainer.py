@@ -145,7 +145,7 @@ def build_loader(root: str, data: DataConfig, model_cfg: Dict, train: TrainConfi
     ds = _Repeated(dataset, train.repeat) if training and train.repeat > 1 else dataset
     sampler = ResumableSampler(len(ds), shuffle=training, seed=train.seed, rank=dist.rank(),
                                world=dist.world_size())
-    loader = DataLoader(ds, batch_size=train.batch_size if training else max(1, train.batch_size),
+    loader = DataLoader(ds, batch_size=train.batch_size,
                         sampler=sampler, num_workers=train.workers, collate_fn=collate,
                         drop_last=False, worker_init_fn=_worker_init if train.workers > 0 else None,
                         persistent_workers=False)
@@ -335,8 +335,8 @@ class Trainer:
             objective = DetectionObjective(self.student)
         self.objective = objective
         _create_work_dir(self.work_dir, self.resolved)
-        params = [p for p in objective.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+        self.params = [p for p in objective.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
         self.iters_per_epoch = math.ceil(len(self.train_loader.sampler) / t.batch_size)
         self.total_iters = self.iters_per_epoch * t.epochs
         if t.max_iters is not None:
@@ -488,7 +488,7 @@ class Trainer:
                 f"non-finite loss at step {self.iteration}: "
                 + ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
                 + f" (frames {batch.frame_ids}); the last good checkpoint is {self._latest_path()}")
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        params = self.params
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
