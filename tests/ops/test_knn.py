@@ -18,6 +18,13 @@ def _data(case, q, m, c, seed=0):
     elif case == "ties":  # small integer grid: many exactly equal distances and duplicated rows
         ref = torch.randint(0, 3, (m, c), generator=g).float()
         query = torch.randint(0, 3, (q, c), generator=g).float()
+    elif case == "lowrank":  # pillar-feature-like: ReLU of a rank-3 map, in clusters (the CPU
+        # kernel's pruning boxes skip most refs here); quantised, so distances tie too
+        z = torch.randn(m + q, 3, generator=g) + 4.0 * torch.randint(0, 4, (m + q, 1), generator=g)
+        x = torch.relu(z @ torch.randn(3, c, generator=g))
+        x = torch.round(x * 8.0) / 8.0
+        ref, query = x[:m].contiguous(), x[m:].contiguous()
+        query[: q // 4] = ref[torch.randint(0, m, (q // 4,), generator=g)]  # queries among the refs
     elif case == "offset":  # large common offset, small spread (stresses the brute-force bounds)
         ref = 1000.0 + 0.01 * torch.randn(m, c, generator=g)
         query = 1000.0 + 0.01 * torch.randn(q, c, generator=g)
@@ -44,6 +51,13 @@ def _assert_matches_reference(query, ref, k, query_offsets=None, ref_offsets=Non
 @pytest.mark.parametrize("q,m,k", [(37, 211, 5), (29, 29, 29), (200, 1100, 128)])
 def test_matches_reference(c, case, q, m, k):
     query, ref = _data(case, q, m, c)
+    _assert_matches_reference(query, ref, k)
+
+
+@pytest.mark.parametrize("c", [4, 16, 64])
+@pytest.mark.parametrize("q,m,k", [(300, 3000, 128), (500, 2000, 16), (7, 5000, 1)])
+def test_low_rank_features_match_reference(c, q, m, k):
+    query, ref = _data("lowrank", q, m, c, seed=4)
     _assert_matches_reference(query, ref, k)
 
 

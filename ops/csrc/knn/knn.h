@@ -27,11 +27,15 @@
 //     tight bounding box and smallest row index per node), searched depth first with a bounded
 //     max-heap; a node is skipped when its box distance exceeds the current k-th distance, or equals
 //     it and all its rows have higher indices.
-//   CPU, C > 3: tiled brute force. Blocks of queries x chunks of (centred, packed) refs; a register
+//   CPU, C > 3: pruned tiled brute force. Refs and queries are ordered by a k-d partition of
+//     their projections on the refs' 8 leading principal directions; groups of queries visit ref
+//     leaves nearest box first and stop at the first leaf whose certified lower bound exceeds
+//     every query's current k-th distance bound (features near a low-rank subspace, such as pillar
+//     features, skip most of the work; isotropic data skips none). Within a visited leaf, a register
 //     micro-kernel computes dot products, lower/upper bounds of each distance from
 //     |q|^2 + |r|^2 - 2 q.r with a rigorous rounding-error margin, and a per-query candidate buffer
 //     keeps every ref whose lower bound can still reach the top k. The survivors' exact distances
-//     (the definition above) decide the result. Parallel over query blocks.
+//     (the definition above) decide the result. Parallel over query groups.
 //   Extra CPU memory: the tree (about 30 bytes per ref), or one packed copy of a sample's refs
 //     (M_s x C floats) plus candidate buffers of (2k + 64) x 16 bytes per query of each active
 //     block of queries.

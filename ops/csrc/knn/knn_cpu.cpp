@@ -210,27 +210,47 @@ void knn_kdtree_sample(const float* query, int64_t nq, const float* ref, int64_t
 }
 
 // ------------------------------------------------------------------------------------------------
-// Tiled brute force (C > 3)
+// Pruned tiled brute force (C > 3)
 //
-// The refs of a sample are centred on their mean and packed once (extra memory: one copy of the
-// sample's refs) into panels of kNR rows stored channel-major ([C][kNR]). Groups of queries pass
-// over chunks of kChunk refs that stay in cache. A micro-kernel takes kMR query
-// rows against one panel, computes the dot products q.r of the centred vectors and from them
+// Ordering. The sample's refs and queries are projected on the d = min(C, 8) principal directions
+// of the refs (double precision) and each set is reordered by a k-d partition of the projections
+// (median splits on the widest projected axis, every left part a multiple of the leaf size): refs
+// into leaves of kLeafRows rows, queries into blocks of kMR rows; work items are groups of
+// kGroupBlocks consecutive blocks. Every leaf and block gets the bounding box of its projections.
+// Pruning. A group visits the leaves in increasing order of the box-to-box distance (a lazy
+// min-heap) and stops at the first leaf whose certified lower bound (below) exceeds every
+// query's current threshold T; a block skips a visited leaf when the bound from its own box exceeds
+// the block's largest T. Pillar and point features are close to low-rank (8 directions hold 99 %
+// of the variance of the PointPillars pillar features on KITTI), so most of the distance work is
+// skipped; on isotropic data nothing is skipped and the partition costs a few percent.
+// Certified bound: G^2 = sum over the d axes of the squared box gaps. With e the largest rounding
+// error of a projected coordinate (queries plus refs) and delta >= ||P|| - 1 measured from the
+// computed basis, every ref of the leaf has exact |q - r| >= (G - e sqrt(d))_+ / (1 + delta), and
+// the contract's float32 distance is >= |q - r|^2 (1 - u)^(C + 2) - (C + 8) FLT_MIN (u = 2^-24:
+// one rounding per subtraction, square and addition, plus underflow).
+//
+// Distances. The refs are centred on their mean and packed once (extra memory: one copy of the
+// sample's refs) in the partition's order into panels of kNR rows stored channel-major ([C][kNR]).
+// A micro-kernel takes kMR query rows against one panel, computes the dot products q.r of the
+// centred vectors and from them
 //   L = |q|^2 + |r|^2 - 2 q.r - e,   U = L + 2 e,   e = kappa (|q| + |r|)^2 + tiny,
 // with kappa large enough that L <= dist2 <= U for the exact distance of the contract (error
 // analysis: dot products, norms, the centring and the exact distance itself each err by at most
 // (C + 3) unit roundoffs of (|q| + |r|)^2; kappa takes twice the sum).
 // A query keeps candidates (L, U, row) in a buffer; T is an upper bound of its current k-th
-// distance. Refs are visited in increasing row order, so a new ref can only enter the top k if
-// L < T (on equality it would lose the tie to k rows with lower indices). When the buffer is
-// full, T shrinks to the k-th smallest U and candidates with L > T are dropped; if that frees too
-// little room (near-ties), candidates get their exact distance and only the exact top k stay.
-// At the end the survivors' exact distances decide the top k and its order.
+// distance. Refs arrive in no particular row order, so a ref is offered when L <= T (with equality
+// it may still win a tie by its lower row). When the buffer is full, T shrinks to the k-th
+// smallest U and candidates with L > T are dropped; if that frees too little room (near-ties),
+// candidates get their exact distance and only the exact top k stay. At the end the survivors'
+// exact distances decide the top k and its order (distance, then row), so the result does not
+// depend on the visiting order.
 
-constexpr int kMR = 6;        // query rows per micro-kernel
-constexpr int kNR = 16;       // refs per panel
-constexpr int kChunk = 256;   // refs per cache-resident chunk
-constexpr int kMaxGroup = 192;  // queries per work item
+constexpr int kMR = 6;           // query rows per micro-kernel (a query block)
+constexpr int kNR = 16;          // refs per panel
+constexpr int kLeafPanels = 2;   // panels per ref leaf
+constexpr int kLeafRows = kLeafPanels * kNR;
+constexpr int kGroupBlocks = 4;  // query blocks per work item
+constexpr int kMaxProj = 8;      // principal directions of the pruning boxes
 
 struct Candidate {
   float lo, hi;  // bounds of the exact distance (equal once exact)
@@ -239,7 +259,7 @@ struct Candidate {
 };
 
 // Micro-kernel: for rows i < kMR and panel refs j < kNR writes L[i*kNR+j], E[i*kNR+j] and sets bit
-// j of masks[i] when L < T[i].
+// j of masks[i] when L <= T[i].
 using MicroKernel = void (*)(const float* q, int64_t C, const float* panel, const float* qn,
                              const float* qnorm, const float* T, const float* rn,
                              const float* rnorm, float kappa, float tiny, float* L, float* E,
@@ -266,7 +286,7 @@ void micro_generic(const float* q, int64_t C, const float* panel, const float* q
       const float lo = (qn[i] + rn[j]) - 2.0f * acc[i][j] - e;
       L[i * kNR + j] = lo;
       E[i * kNR + j] = e;
-      if (lo < T[i]) m |= 1u << j;
+      if (lo <= T[i]) m |= 1u << j;
     }
     masks[i] = m;
   }
@@ -329,7 +349,7 @@ __attribute__((target("avx2,fma"))) void micro_avx2(const float* q, int64_t C, c
           _mm256_sub_ps(_mm256_add_ps(qni, h ? rn1 : rn0), _mm256_mul_ps(two, acc[i][h])), e);
       _mm256_storeu_ps(L + i * kNR + 8 * h, lo);
       _mm256_storeu_ps(E + i * kNR + 8 * h, e);
-      m |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(lo, ti, _CMP_LT_OQ))) << (8 * h);
+      m |= static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(lo, ti, _CMP_LE_OQ))) << (8 * h);
     }
     masks[i] = m;
   }
@@ -343,18 +363,100 @@ MicroKernel pick_micro_kernel() {
   return micro_generic;
 }
 
-// Exact distances (the contract) of q to rows[0:n), n <= 8; eight independent chains so the
+// Exact distances (the contract) of q to rows[0:n), n <= kExactBatch; independent chains so the
 // sequential sums of different rows overlap.
-inline void exact_dist2_batch(const float* q, const float* const* rows, int n, int64_t C,
-                              float* out) {
-  const float* r[8];
-  for (int j = 0; j < 8; ++j) r[j] = rows[j < n ? j : 0];
-  float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  for (int64_t c = 0; c < C; ++c) {
-    const float qc = q[c];
-    for (int j = 0; j < 8; ++j) acc[j] = acc[j] + square_rounded(qc - r[j][c]);
+constexpr int kExactBatch = 16;
+using ExactBatch = void (*)(const float* q, const float* const* rows, int n, int64_t C,
+                            float* out);
+
+void exact_generic(const float* q, const float* const* rows, int n, int64_t C, float* out) {
+  for (int h = 0; h < n; h += 8) {
+    const float* r[8];
+    for (int j = 0; j < 8; ++j) r[j] = rows[h + j < n ? h + j : h];
+    float acc[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (int64_t c = 0; c < C; ++c) {
+      const float qc = q[c];
+      for (int j = 0; j < 8; ++j) acc[j] = acc[j] + square_rounded(qc - r[j][c]);
+    }
+    for (int j = 0; j < 8 && h + j < n; ++j) out[h + j] = acc[j];
   }
-  for (int j = 0; j < n; ++j) out[j] = acc[j];
+}
+
+#ifdef PD_KNN_X86_AVX2
+// The same with one row per lane: 8 x 8 blocks of the rows are transposed in registers, and every
+// lane rounds its subtraction, square and sum exactly as the scalar code does (the empty asm keeps
+// the compiler from contracting the square and the sum into an FMA). Two groups of 8 rows run
+// interleaved so that the two dependency chains overlap.
+__attribute__((target("avx2,fma"))) inline __m256 exact_step(__m256 acc, __m256 qc, __m256 col) {
+  const __m256 t = _mm256_sub_ps(qc, col);
+  __m256 p = _mm256_mul_ps(t, t);
+  __asm__("" : "+x"(p));
+  return _mm256_add_ps(acc, p);
+}
+
+// Columns c..c+7 of rows r[0:8): out[i] lane j = r[j][c + i].
+__attribute__((target("avx2,fma"))) inline void transpose8(const float* const* r, int64_t c,
+                                                           __m256* out) {
+  const __m256 v0 = _mm256_loadu_ps(r[0] + c), v1 = _mm256_loadu_ps(r[1] + c);
+  const __m256 v2 = _mm256_loadu_ps(r[2] + c), v3 = _mm256_loadu_ps(r[3] + c);
+  const __m256 v4 = _mm256_loadu_ps(r[4] + c), v5 = _mm256_loadu_ps(r[5] + c);
+  const __m256 v6 = _mm256_loadu_ps(r[6] + c), v7 = _mm256_loadu_ps(r[7] + c);
+  const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1);
+  const __m256 t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+  const __m256 t4 = _mm256_unpacklo_ps(v4, v5), t5 = _mm256_unpackhi_ps(v4, v5);
+  const __m256 t6 = _mm256_unpacklo_ps(v6, v7), t7 = _mm256_unpackhi_ps(v6, v7);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  out[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  out[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  out[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  out[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  out[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  out[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  out[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  out[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
+__attribute__((target("avx2,fma"))) void exact_avx2(const float* q, const float* const* rows,
+                                                    int n, int64_t C, float* out) {
+  const float* r[kExactBatch];
+  for (int j = 0; j < kExactBatch; ++j) r[j] = rows[j < n ? j : 0];
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  const bool two = n > 8;
+  int64_t c = 0;
+  __m256 col0[8], col1[8];
+  for (; c + 8 <= C; c += 8) {
+    transpose8(r, c, col0);
+    if (two) transpose8(r + 8, c, col1);
+    for (int i = 0; i < 8; ++i) {
+      const __m256 qc = _mm256_set1_ps(q[c + i]);
+      acc0 = exact_step(acc0, qc, col0[i]);
+      if (two) acc1 = exact_step(acc1, qc, col1[i]);
+    }
+  }
+  for (; c < C; ++c) {
+    const __m256 qc = _mm256_set1_ps(q[c]);
+    acc0 = exact_step(acc0, qc, _mm256_setr_ps(r[0][c], r[1][c], r[2][c], r[3][c], r[4][c],
+                                               r[5][c], r[6][c], r[7][c]));
+    if (two) {
+      acc1 = exact_step(acc1, qc, _mm256_setr_ps(r[8][c], r[9][c], r[10][c], r[11][c], r[12][c],
+                                                 r[13][c], r[14][c], r[15][c]));
+    }
+  }
+  alignas(32) float lanes[kExactBatch];
+  _mm256_store_ps(lanes, acc0);
+  _mm256_store_ps(lanes + 8, acc1);
+  for (int j = 0; j < n; ++j) out[j] = lanes[j];
+}
+#endif
+
+ExactBatch pick_exact_batch() {
+#ifdef PD_KNN_X86_AVX2
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return exact_avx2;
+#endif
+  return exact_generic;
 }
 
 // The kth smallest (0-based) of a[0:n), kth < n, by quickselect with branch-free partitions
@@ -409,9 +511,51 @@ inline float key_dist(uint64_t key) {
 }
 inline int32_t key_row(uint64_t key) { return static_cast<int32_t>(key & 0xffffffffu); }
 
+// Sorts keys a[0:n) ascending: an LSD radix sort on the distance bits (the high 32 bits, four
+// 8-bit digits, digits shared by every key skipped), then an insertion pass that orders equal
+// distances by row (ties are rare, so it rarely moves anything). No data-dependent branches in the
+// radix passes: std::sort mispredicts about every second comparison on these keys. tmp: n keys.
+void sort_keys(uint64_t* a, uint64_t* tmp, int64_t n) {
+  if (n <= 1) return;
+  uint32_t hist[4][256];
+  std::memset(hist, 0, sizeof(hist));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t d = static_cast<uint32_t>(a[j] >> 32);
+    ++hist[0][d & 0xff];
+    ++hist[1][(d >> 8) & 0xff];
+    ++hist[2][(d >> 16) & 0xff];
+    ++hist[3][d >> 24];
+  }
+  uint64_t* src = a;
+  uint64_t* dst = tmp;
+  for (int pass = 0; pass < 4; ++pass) {
+    uint32_t* h = hist[pass];
+    const int shift = 32 + 8 * pass;
+    if (h[(src[0] >> shift) & 0xff] == static_cast<uint32_t>(n)) continue;  // one digit value
+    uint32_t sum = 0;
+    for (int v = 0; v < 256; ++v) {
+      const uint32_t c = h[v];
+      h[v] = sum;
+      sum += c;
+    }
+    for (int64_t j = 0; j < n; ++j) dst[h[(src[j] >> shift) & 0xff]++] = src[j];
+    std::swap(src, dst);
+  }
+  if (src != a) std::memcpy(a, src, n * sizeof(uint64_t));
+  for (int64_t j = 1; j < n; ++j) {
+    const uint64_t x = a[j];
+    int64_t i = j;
+    while (i > 0 && a[i - 1] > x) {
+      a[i] = a[i - 1];
+      --i;
+    }
+    a[i] = x;
+  }
+}
+
 struct Scratch {
   std::vector<float> values;
-  std::vector<uint64_t> keys;
+  std::vector<uint64_t> keys, tmp;
 };
 
 // Per-query candidate buffer and the threshold T (see the block comment above).
@@ -428,7 +572,15 @@ class CandidateSet {
       approx_filter(scratch);
       if (n_ > k_ + (cap_ - k_) / 2) exact_select(q, ref, C, scratch);
     }
-    if (lo < T_) buf_[n_++] = {lo, hi, row, 0};
+    if (lo <= T_) {
+      buf_[n_++] = {lo, hi, row, 0};
+      // The first k candidates bound the k-th distance by their largest upper bound.
+      if (n_ == k_ && T_ == std::numeric_limits<float>::infinity()) {
+        float worst = buf_[0].hi;
+        for (int64_t j = 1; j < n_; ++j) worst = std::max(worst, buf_[j].hi);
+        T_ = worst;
+      }
+    }
   }
 
   // Writes the exact top k, ascending by (distance, row), with rows offset by ref_base.
@@ -439,7 +591,8 @@ class CandidateSet {
     std::vector<uint64_t>& keys = scratch.keys;
     keys.resize(n_);
     for (int64_t j = 0; j < n_; ++j) keys[j] = rank_key(buf_[j].lo, buf_[j].row);
-    std::sort(keys.begin(), keys.begin() + n_);
+    scratch.tmp.resize(n_);
+    sort_keys(keys.data(), scratch.tmp.data(), n_);
     for (int64_t j = 0; j < n_; ++j) {
       out_idx[j] = ref_base + key_row(keys[j]);
       out_d[j] = key_dist(keys[j]);
@@ -465,9 +618,10 @@ class CandidateSet {
 
   // Exact distances for every candidate, then keeps the exact top k; T = the k-th distance.
   void exact_select(const float* q, const float* ref, int64_t C, Scratch& scratch) {
-    int64_t pending[8];
-    const float* rows[8];
-    float d[8];
+    static const ExactBatch exact_batch = pick_exact_batch();
+    int64_t pending[kExactBatch];
+    const float* rows[kExactBatch];
+    float d[kExactBatch];
     int n = 0;
     for (int64_t j = 0; j <= n_; ++j) {
       if (j < n_ && !buf_[j].exact) {
@@ -475,8 +629,8 @@ class CandidateSet {
         rows[n] = ref + static_cast<int64_t>(buf_[j].row) * C;
         ++n;
       }
-      if (n == 8 || (j == n_ && n > 0)) {
-        exact_dist2_batch(q, rows, n, C, d);
+      if (n == kExactBatch || (j == n_ && n > 0)) {
+        exact_batch(q, rows, n, C, d);
         for (int t = 0; t < n; ++t) buf_[pending[t]] = {d[t], d[t], buf_[pending[t]].row, 1};
         n = 0;
       }
@@ -505,25 +659,181 @@ class CandidateSet {
   float T_ = std::numeric_limits<float>::infinity();
 };
 
+// Principal directions of a sample's refs: basis[c * kMaxProj + j] is component c of the j-th
+// direction (largest variance first; columns j >= d are zero), from the covariance of at most 2048
+// evenly spaced rows.
+struct Projection {
+  int d = 0;
+  std::vector<double> mean;   // [C] mean of all refs
+  std::vector<double> basis;  // [C][kMaxProj]
+  double delta = 0.0;         // bound of ||P||_2 - 1 for the computed basis
+};
+
+Projection principal_directions(const float* ref, int64_t nr, int64_t C) {
+  Projection pr;
+  pr.d = static_cast<int>(std::min<int64_t>(C, kMaxProj));
+  pr.mean.assign(C, 0.0);
+  for (int64_t j = 0; j < nr; ++j)
+    for (int64_t c = 0; c < C; ++c) pr.mean[c] += ref[j * C + c];
+  for (int64_t c = 0; c < C; ++c) pr.mean[c] /= static_cast<double>(std::max<int64_t>(nr, 1));
+  const int64_t step = std::max<int64_t>(1, nr / 2048);
+  const int64_t m = (nr + step - 1) / step;
+  at::Tensor x = at::empty({m, C}, at::TensorOptions().dtype(at::kDouble));
+  double* xp = x.data_ptr<double>();
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = 0; c < C; ++c) xp[i * C + c] = ref[i * step * C + c] - pr.mean[c];
+  const at::Tensor vecs = std::get<1>(at::linalg_eigh(x.t().mm(x), "L")).contiguous();
+  const double* vp = vecs.data_ptr<double>();  // [C][C], eigenvalues ascending
+  pr.basis.assign(C * kMaxProj, 0.0);
+  for (int64_t c = 0; c < C; ++c)
+    for (int j = 0; j < pr.d; ++j) pr.basis[c * kMaxProj + j] = vp[c * C + (C - 1 - j)];
+  // ||P||^2 = ||P^T P|| <= 1 + d * max |(P^T P - I)_ij| (Gershgorin); generous for the rounding of
+  // this check itself.
+  double dev = 0.0;
+  for (int a = 0; a < pr.d; ++a) {
+    for (int b = 0; b < pr.d; ++b) {
+      double g = 0.0;
+      for (int64_t c = 0; c < C; ++c) g += pr.basis[c * kMaxProj + a] * pr.basis[c * kMaxProj + b];
+      dev = std::max(dev, std::abs(g - (a == b ? 1.0 : 0.0)));
+    }
+  }
+  pr.delta = pr.d * dev + 1e-12;
+  return pr;
+}
+
+// y[i * kMaxProj + j] = sum_c (x[i, c] - mean[c]) basis[c, j] in double; returns the largest bound
+// of the rounding error of one coordinate: (C + 2) u_double sum_c |x - mean| (1 + delta), with
+// slack.
+double project_rows(const float* x, int64_t n, int64_t C, const Projection& pr, double* y) {
+  double worst = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    double acc[kMaxProj] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    double l1 = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double v = x[i * C + c] - pr.mean[c];
+      l1 += std::abs(v);
+      const double* b = pr.basis.data() + c * kMaxProj;
+      for (int j = 0; j < kMaxProj; ++j) acc[j] += v * b[j];
+    }
+    for (int j = 0; j < kMaxProj; ++j) y[i * kMaxProj + j] = acc[j];
+    worst = std::max(worst, l1);
+  }
+  const double u = std::numeric_limits<double>::epsilon() / 2;
+  return 1.01 * (C + 2) * u * worst * (1.0 + pr.delta) + std::numeric_limits<double>::min();
+}
+
+// Reorders ids (rows of y, stride kMaxProj) by a k-d partition: node [b, e) with e - b > leaf splits at the median
+// of its widest projected axis, the left part rounded up to a multiple of leaf, so every chunk of
+// `leaf` consecutive ids is one leaf (only the last may be short).
+void kd_order(const double* y, int d, int32_t* ids, int64_t b, int64_t e, int64_t leaf) {
+  while (e - b > leaf) {
+    int axis = 0;
+    double best = -1.0;
+    for (int j = 0; j < d; ++j) {
+      double lo = std::numeric_limits<double>::infinity(), hi = -lo;
+      for (int64_t t = b; t < e; ++t) {
+        const double v = y[static_cast<int64_t>(ids[t]) * kMaxProj + j];
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+      if (hi - lo > best) {
+        best = hi - lo;
+        axis = j;
+      }
+    }
+    const int64_t mid = b + ((e - b) / 2 + leaf - 1) / leaf * leaf;
+    std::nth_element(ids + b, ids + mid, ids + e, [y, d, axis](int32_t p, int32_t q) {
+      const double yp = y[static_cast<int64_t>(p) * kMaxProj + axis];
+      const double yq = y[static_cast<int64_t>(q) * kMaxProj + axis];
+      return yp < yq || (yp == yq && p < q);
+    });
+    kd_order(y, d, ids, b, mid, leaf);
+    b = mid;  // the right part iteratively
+  }
+}
+
+// Boxes [n_chunks][2][d] (lo then hi) of consecutive chunks of `chunk` ids.
+std::vector<double> chunk_boxes(const double* y, int d, const int32_t* ids, int64_t n,
+                                int64_t chunk) {
+  const int64_t nc = (n + chunk - 1) / chunk;
+  std::vector<double> box(nc * 2 * d);
+  for (int64_t g = 0; g < nc; ++g) {
+    double* lo = box.data() + g * 2 * d;
+    double* hi = lo + d;
+    for (int j = 0; j < d; ++j) {
+      lo[j] = std::numeric_limits<double>::infinity();
+      hi[j] = -std::numeric_limits<double>::infinity();
+    }
+    for (int64_t t = g * chunk; t < std::min(n, (g + 1) * chunk); ++t) {
+      const double* v = y + static_cast<int64_t>(ids[t]) * kMaxProj;
+      for (int j = 0; j < d; ++j) {
+        lo[j] = std::min(lo[j], v[j]);
+        hi[j] = std::max(hi[j], v[j]);
+      }
+    }
+  }
+  return box;
+}
+
+// Squared distance between two boxes ([2][d] each).
+inline double box_gap2(const double* a, const double* b, int d) {
+  double s = 0.0;
+  for (int j = 0; j < d; ++j) {
+    const double g = std::max(0.0, std::max(b[j] - a[d + j], a[j] - b[d + j]));
+    s += g * g;
+  }
+  return s;
+}
+
+// The certified float32 lower bound (see the block comment) of every distance between two boxes
+// whose gap is gap2; compared with T in double.
+struct BoxBound {
+  double shrink;  // e * sqrt(d)
+  double scale;   // (1 - u)^(C + 2) / (1 + delta)^2, rounded down generously
+  double tiny;    // (C + 8) FLT_MIN
+  double operator()(double gap2) const {
+    const double g = std::max(0.0, std::sqrt(gap2) - shrink);
+    return g * g * scale - tiny;
+  }
+};
+
 void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
                       int64_t ref_base, int64_t C, int64_t k, int64_t* out_idx, float* out_d) {
-  TORCH_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max(),
-                    "knn: a sample may hold at most 2^31 - 2 reference rows, got ", nr);
+  TORCH_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max() &&
+                        nq < std::numeric_limits<int32_t>::max(),
+                    "knn: a sample may hold at most 2^31 - 2 query and reference rows, got ", nq,
+                    " and ", nr);
   const MicroKernel micro = pick_micro_kernel();
   constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
   const float kappa = 4.0f * static_cast<float>(C + 8) * kUnit;
   const float tiny = static_cast<float>(C + 8) * std::numeric_limits<float>::min();
 
-  // Centre on the mean of the sample's refs: distances are unchanged, norms (and the margin) shrink.
-  std::vector<double> mean_d(C, 0.0);
-  for (int64_t j = 0; j < nr; ++j)
-    for (int64_t c = 0; c < C; ++c) mean_d[c] += ref[j * C + c];
-  std::vector<float> mean(C);
-  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(mean_d[c] / std::max<int64_t>(nr, 1));
+  // Projections, orders and boxes of refs (leaves) and queries (blocks).
+  const Projection proj = principal_directions(ref, nr, C);
+  const int d = proj.d;
+  std::vector<double> y(std::max(nr, nq) * kMaxProj);
+  std::vector<int32_t> rperm(nr), qperm(nq);
+  for (int64_t j = 0; j < nr; ++j) rperm[j] = static_cast<int32_t>(j);
+  for (int64_t i = 0; i < nq; ++i) qperm[i] = static_cast<int32_t>(i);
+  double err = project_rows(ref, nr, C, proj, y.data());
+  kd_order(y.data(), d, rperm.data(), 0, nr, kLeafRows);
+  const std::vector<double> leaf_box = chunk_boxes(y.data(), d, rperm.data(), nr, kLeafRows);
+  err += project_rows(query, nq, C, proj, y.data());
+  kd_order(y.data(), d, qperm.data(), 0, nq, kMR);
+  const std::vector<double> block_box = chunk_boxes(y.data(), d, qperm.data(), nq, kMR);
+  std::vector<double>().swap(y);
+  const BoxBound bound{err * std::sqrt(static_cast<double>(d)),
+                       (1.0 - (C + 4) * static_cast<double>(kUnit)) /
+                           ((1.0 + proj.delta) * (1.0 + proj.delta)),
+                       static_cast<double>(tiny)};
 
-  // Pack the sample's refs once: centred, in panels of kNR rows stored channel-major, zero rows
-  // after the last one; squared norms and norms per row.
-  const int64_t num_panels = (nr + kNR - 1) / kNR;
+  // Centre on the mean of the sample's refs (distances unchanged, norms and margins shrink) and
+  // pack the refs in leaf order: panels of kNR rows channel-major, zero rows after the last one;
+  // squared norms and norms per slot.
+  std::vector<float> mean(C);
+  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(proj.mean[c]);
+  const int64_t num_leaves = (nr + kLeafRows - 1) / kLeafRows;
+  const int64_t num_panels = num_leaves * kLeafPanels;
   std::unique_ptr<float[]> packed(new float[num_panels * kNR * C]);
   std::unique_ptr<float[]> rn(new float[num_panels * kNR]);
   std::unique_ptr<float[]> rnorm(new float[num_panels * kNR]);
@@ -531,82 +841,115 @@ void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t 
     for (int64_t p = p0; p < p1; ++p) {
       float* panel = packed.get() + p * kNR * C;
       for (int64_t jj = 0; jj < kNR; ++jj) {
-        const int64_t j = p * kNR + jj;
+        const int64_t slot = p * kNR + jj;
+        const float* row = slot < nr ? ref + static_cast<int64_t>(rperm[slot]) * C : nullptr;
         float s = 0.0f;
         for (int64_t c = 0; c < C; ++c) {
-          const float v = j < nr ? ref[j * C + c] - mean[c] : 0.0f;
+          const float v = row != nullptr ? row[c] - mean[c] : 0.0f;
           panel[c * kNR + jj] = v;
           s += v * v;
         }
-        rn[j] = s;
-        rnorm[j] = std::sqrt(s);
+        rn[slot] = s;
+        rnorm[slot] = std::sqrt(s);
       }
     }
   });
 
-  // Work items: groups of queries, a multiple of kMR, small enough to feed every thread.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t group = (nq + 4 * threads - 1) / (4 * threads);
-  group = std::min<int64_t>(kMaxGroup, std::max<int64_t>(kMR, (group + kMR - 1) / kMR * kMR));
-  const int64_t num_groups = (nq + group - 1) / group;
+  const int64_t num_blocks = (nq + kMR - 1) / kMR;
+  const int64_t num_groups = (num_blocks + kGroupBlocks - 1) / kGroupBlocks;
   const int64_t cap = 2 * k + 64;
-  const int64_t panels_per_chunk = kChunk / kNR;
+  constexpr int64_t kGroupRows = kGroupBlocks * kMR;
 
   at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> qbuf(group * C), qn(group), qnorm(group), T(group);
-    std::vector<Candidate> cand_mem(group * cap);
+    std::vector<float> qbuf(kGroupRows * C), qn(kGroupRows), qnorm(kGroupRows), T(kGroupRows);
+    std::vector<Candidate> cand_mem(kGroupRows * cap);
+    std::vector<std::pair<double, int64_t>> heap(num_leaves);
+    std::vector<double> group_box(2 * d);
     Scratch scratch;
     float L[kMR * kNR], E[kMR * kNR];
     uint32_t masks[kMR];
+    const auto farther = [](const std::pair<double, int64_t>& a,
+                            const std::pair<double, int64_t>& b) { return a > b; };
     for (int64_t g = g0; g < g1; ++g) {
-      const int64_t qs = g * group;
-      const int64_t nqg = std::min(group, nq - qs);
-      const int64_t nqpad = (nqg + kMR - 1) / kMR * kMR;
+      const int64_t b0 = g * kGroupBlocks, b1 = std::min(num_blocks, b0 + kGroupBlocks);
+      const int64_t rows = (b1 - b0) * kMR;  // slots, padding included
       std::vector<CandidateSet> sets;
-      sets.reserve(nqg);
-      for (int64_t i = 0; i < nqg; ++i) sets.emplace_back(cand_mem.data() + i * cap, cap, k);
-      for (int64_t i = 0; i < nqpad; ++i) {
+      sets.reserve(rows);
+      for (int64_t i = 0; i < rows; ++i) sets.emplace_back(cand_mem.data() + i * cap, cap, k);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t pos = b0 * kMR + i;
+        const float* src = pos < nq ? query + static_cast<int64_t>(qperm[pos]) * C : nullptr;
         float s = 0.0f;
         for (int64_t c = 0; c < C; ++c) {
-          const float v = i < nqg ? query[(qs + i) * C + c] - mean[c] : 0.0f;
+          const float v = src != nullptr ? src[c] - mean[c] : 0.0f;
           qbuf[i * C + c] = v;
           s += v * v;
         }
         qn[i] = s;
         qnorm[i] = std::sqrt(s);
         // Padding rows never offer anything.
-        T[i] = i < nqg ? std::numeric_limits<float>::infinity()
-                       : -std::numeric_limits<float>::infinity();
+        T[i] = src != nullptr ? std::numeric_limits<float>::infinity()
+                              : -std::numeric_limits<float>::infinity();
       }
-      // Chunks of refs stay in cache while every query block of the group passes over them.
-      for (int64_t pc = 0; pc < num_panels; pc += panels_per_chunk) {
-        const int64_t pe = std::min(num_panels, pc + panels_per_chunk);
-        for (int64_t i0 = 0; i0 < nqpad; i0 += kMR) {
-          for (int64_t p = pc; p < pe; ++p) {
+      for (int j = 0; j < d; ++j) {
+        group_box[j] = std::numeric_limits<double>::infinity();
+        group_box[d + j] = -std::numeric_limits<double>::infinity();
+      }
+      for (int64_t bb = b0; bb < b1; ++bb) {
+        const double* bx = block_box.data() + bb * 2 * d;
+        for (int j = 0; j < d; ++j) {
+          group_box[j] = std::min(group_box[j], bx[j]);
+          group_box[d + j] = std::max(group_box[d + j], bx[d + j]);
+        }
+      }
+      for (int64_t l = 0; l < num_leaves; ++l)
+        heap[l] = {box_gap2(group_box.data(), leaf_box.data() + l * 2 * d, d), l};
+      std::make_heap(heap.begin(), heap.end(), farther);
+      for (int64_t left = num_leaves; left > 0; --left) {
+        std::pop_heap(heap.begin(), heap.begin() + left, farther);
+        const double gap2 = heap[left - 1].first;
+        const int64_t leaf = heap[left - 1].second;
+        float tmax = -std::numeric_limits<float>::infinity();
+        for (int64_t i = 0; i < rows; ++i) tmax = std::max(tmax, T[i]);
+        if (bound(gap2) > static_cast<double>(tmax)) break;  // this leaf and every later one
+        const double* lbox = leaf_box.data() + leaf * 2 * d;
+        for (int64_t bb = b0; bb < b1; ++bb) {
+          const int64_t i0 = (bb - b0) * kMR;
+          float tb = T[i0];
+          for (int i = 1; i < kMR; ++i) tb = std::max(tb, T[i0 + i]);
+          if (bound(box_gap2(block_box.data() + bb * 2 * d, lbox, d)) > static_cast<double>(tb))
+            continue;
+          for (int64_t p = leaf * kLeafPanels; p < (leaf + 1) * kLeafPanels; ++p) {
             micro(qbuf.data() + i0 * C, C, packed.get() + p * kNR * C, qn.data() + i0,
                   qnorm.data() + i0, T.data() + i0, rn.get() + p * kNR, rnorm.get() + p * kNR,
                   kappa, tiny, L, E, masks);
+            const int64_t valid = std::min<int64_t>(kNR, nr - p * kNR);
+            const uint32_t valid_mask = valid >= kNR ? 0xffffffffu
+                                        : valid <= 0  ? 0u
+                                                      : (1u << valid) - 1u;
             for (int i = 0; i < kMR; ++i) {
-              uint32_t m = masks[i];
+              uint32_t m = masks[i] & valid_mask;
               if (m == 0) continue;
               const int64_t qi = i0 + i;
+              const float* qrow = query + static_cast<int64_t>(qperm[b0 * kMR + qi]) * C;
               while (m != 0) {
                 const int j = __builtin_ctz(m);
                 m &= m - 1;
-                const int64_t row = p * kNR + j;
-                if (row >= nr) break;
                 const float lo = L[i * kNR + j];
-                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], static_cast<int32_t>(row),
-                               query + (qs + qi) * C, ref, C, scratch);
+                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], rperm[p * kNR + j], qrow, ref, C,
+                               scratch);
               }
               T[qi] = sets[qi].threshold();
             }
           }
         }
       }
-      for (int64_t i = 0; i < nqg; ++i) {
-        sets[i].finish(query + (qs + i) * C, ref, C, scratch, ref_base, out_idx + (qs + i) * k,
-                       out_d + (qs + i) * k);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t pos = b0 * kMR + i;
+        if (pos >= nq) break;
+        const int64_t qrow = qperm[pos];
+        sets[i].finish(query + qrow * C, ref, C, scratch, ref_base, out_idx + qrow * k,
+                       out_d + qrow * k);
       }
     }
   });
