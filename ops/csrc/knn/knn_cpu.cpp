@@ -255,7 +255,7 @@ constexpr int kMaxProj = 8;      // principal directions of the pruning boxes
 struct Candidate {
   float lo, hi;  // bounds of the exact distance (equal once exact)
   int32_t row;   // row within the sample
-  int32_t exact;
+  int32_t slot;  // row of the reordered copy of the refs; -1 once the distance is exact
 };
 
 // Micro-kernel: for rows i < kMR and panel refs j < kNR writes L[i*kNR+j], E[i*kNR+j] and sets bit
@@ -565,15 +565,16 @@ class CandidateSet {
 
   float threshold() const { return T_; }
 
-  // Offers a ref whose lower bound passed the micro-kernel's test against an older T.
-  void offer(float lo, float hi, int32_t row, const float* q, const float* ref, int64_t C,
-             Scratch& scratch) {
+  // Offers a ref whose lower bound passed the micro-kernel's test against an older T. ordered:
+  // the refs in slot order.
+  void offer(float lo, float hi, int32_t row, int32_t slot, const float* q, const float* ordered,
+             int64_t C, Scratch& scratch) {
     if (n_ == cap_) {
       approx_filter(scratch);
-      if (n_ > k_ + (cap_ - k_) / 2) exact_select(q, ref, C, scratch);
+      if (n_ > k_ + (cap_ - k_) / 2) exact_select(q, ordered, C, scratch);
     }
     if (lo <= T_) {
-      buf_[n_++] = {lo, hi, row, 0};
+      buf_[n_++] = {lo, hi, row, slot};
       // The first k candidates bound the k-th distance by their largest upper bound.
       if (n_ == k_ && T_ == std::numeric_limits<float>::infinity()) {
         float worst = buf_[0].hi;
@@ -584,10 +585,10 @@ class CandidateSet {
   }
 
   // Writes the exact top k, ascending by (distance, row), with rows offset by ref_base.
-  void finish(const float* q, const float* ref, int64_t C, Scratch& scratch, int64_t ref_base,
-              int64_t* out_idx, float* out_d) {
+  void finish(const float* q, const float* ordered, int64_t C, Scratch& scratch,
+              int64_t ref_base, int64_t* out_idx, float* out_d) {
     approx_filter(scratch);
-    exact_select(q, ref, C, scratch);
+    exact_select(q, ordered, C, scratch);
     std::vector<uint64_t>& keys = scratch.keys;
     keys.resize(n_);
     for (int64_t j = 0; j < n_; ++j) keys[j] = rank_key(buf_[j].lo, buf_[j].row);
@@ -617,21 +618,21 @@ class CandidateSet {
   }
 
   // Exact distances for every candidate, then keeps the exact top k; T = the k-th distance.
-  void exact_select(const float* q, const float* ref, int64_t C, Scratch& scratch) {
+  void exact_select(const float* q, const float* ordered, int64_t C, Scratch& scratch) {
     static const ExactBatch exact_batch = pick_exact_batch();
     int64_t pending[kExactBatch];
     const float* rows[kExactBatch];
     float d[kExactBatch];
     int n = 0;
     for (int64_t j = 0; j <= n_; ++j) {
-      if (j < n_ && !buf_[j].exact) {
+      if (j < n_ && buf_[j].slot >= 0) {
         pending[n] = j;
-        rows[n] = ref + static_cast<int64_t>(buf_[j].row) * C;
+        rows[n] = ordered + static_cast<int64_t>(buf_[j].slot) * C;
         ++n;
       }
       if (n == kExactBatch || (j == n_ && n > 0)) {
         exact_batch(q, rows, n, C, d);
-        for (int t = 0; t < n; ++t) buf_[pending[t]] = {d[t], d[t], buf_[pending[t]].row, 1};
+        for (int t = 0; t < n; ++t) buf_[pending[t]] = {d[t], d[t], buf_[pending[t]].row, -1};
         n = 0;
       }
     }
@@ -642,7 +643,7 @@ class CandidateSet {
       std::nth_element(keys.begin(), keys.begin() + (k_ - 1), keys.begin() + n_);
       for (int64_t j = 0; j < k_; ++j) {
         const float dist = key_dist(keys[j]);
-        buf_[j] = {dist, dist, key_row(keys[j]), 1};
+        buf_[j] = {dist, dist, key_row(keys[j]), -1};
       }
       n_ = k_;
     }
@@ -837,12 +838,16 @@ void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t 
   std::unique_ptr<float[]> packed(new float[num_panels * kNR * C]);
   std::unique_ptr<float[]> rn(new float[num_panels * kNR]);
   std::unique_ptr<float[]> rnorm(new float[num_panels * kNR]);
+  // The refs themselves in the same order, for the exact distances of candidates (a query's
+  // candidates then sit in a few contiguous leaves instead of all over the sample).
+  std::unique_ptr<float[]> ordered(new float[nr * C]);
   at::parallel_for(0, num_panels, 64, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       float* panel = packed.get() + p * kNR * C;
       for (int64_t jj = 0; jj < kNR; ++jj) {
         const int64_t slot = p * kNR + jj;
         const float* row = slot < nr ? ref + static_cast<int64_t>(rperm[slot]) * C : nullptr;
+        if (row != nullptr) std::memcpy(ordered.get() + slot * C, row, C * sizeof(float));
         float s = 0.0f;
         for (int64_t c = 0; c < C; ++c) {
           const float v = row != nullptr ? row[c] - mean[c] : 0.0f;
@@ -936,8 +941,9 @@ void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t 
                 const int j = __builtin_ctz(m);
                 m &= m - 1;
                 const float lo = L[i * kNR + j];
-                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], rperm[p * kNR + j], qrow, ref, C,
-                               scratch);
+                const int64_t slot = p * kNR + j;
+                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], rperm[slot],
+                               static_cast<int32_t>(slot), qrow, ordered.get(), C, scratch);
               }
               T[qi] = sets[qi].threshold();
             }
@@ -948,7 +954,7 @@ void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t 
         const int64_t pos = b0 * kMR + i;
         if (pos >= nq) break;
         const int64_t qrow = qperm[pos];
-        sets[i].finish(query + qrow * C, ref, C, scratch, ref_base, out_idx + qrow * k,
+        sets[i].finish(query + qrow * C, ordered.get(), C, scratch, ref_base, out_idx + qrow * k,
                        out_d + qrow * k);
       }
     }
