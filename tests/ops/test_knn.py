@@ -46,7 +46,7 @@ def _assert_matches_reference(query, ref, k, query_offsets=None, ref_offsets=Non
     return idx, dist
 
 
-@pytest.mark.parametrize("c", [1, 3, 16, 64, 130])
+@pytest.mark.parametrize("c", [1, 3, 6, 16, 64, 130])
 @pytest.mark.parametrize("case", ["random", "ties"])
 @pytest.mark.parametrize("q,m,k", [(37, 211, 5), (29, 29, 29), (200, 1100, 128)])
 def test_matches_reference(c, case, q, m, k):

@@ -27,7 +27,9 @@
 //     tight bounding box and smallest row index per node), searched depth first with a bounded
 //     max-heap; a node is skipped when its box distance exceeds the current k-th distance, or equals
 //     it and all its rows have higher indices.
-//   CPU, C > 3: pruned tiled brute force. Refs and queries are ordered by a k-d partition of
+//   CPU, C > 3: tiled brute force, pruned when the refs are close to low rank (at least 90 % of
+//     their variance along the 8 leading principal directions; otherwise refs and queries stay in
+//     row order and nothing is pruned). Refs and queries are ordered by a k-d partition of
 //     their projections on the refs' 8 leading principal directions; groups of queries visit ref
 //     leaves nearest box first and stop at the first leaf whose certified lower bound exceeds
 //     every query's current k-th distance bound (features near a low-rank subspace, such as pillar

@@ -251,6 +251,12 @@ constexpr int kLeafPanels = 2;   // panels per ref leaf
 constexpr int kLeafRows = kLeafPanels * kNR;
 constexpr int kGroupBlocks = 4;  // query blocks per work item
 constexpr int kMaxProj = 8;      // principal directions of the pruning boxes
+// The pruned order needs the refs close to a d-dimensional subspace; below this share of the
+// variance along the d leading directions the boxes skip (almost) nothing and the dense order, whose
+// larger query groups reuse cached refs longer, is faster (isotropic 64-channel data: 2x).
+constexpr double kPruneEnergy = 0.9;
+constexpr int kChunk = 256;      // dense order: refs per cache-resident chunk
+constexpr int kMaxGroup = 192;   // dense order: queries per work item
 
 struct Candidate {
   float lo, hi;  // bounds of the exact distance (equal once exact)
@@ -668,6 +674,7 @@ struct Projection {
   std::vector<double> mean;   // [C] mean of all refs
   std::vector<double> basis;  // [C][kMaxProj]
   double delta = 0.0;         // bound of ||P||_2 - 1 for the computed basis
+  double energy = 0.0;        // share of the (sampled) variance along the d directions
 };
 
 Projection principal_directions(const float* ref, int64_t nr, int64_t C) {
@@ -683,8 +690,15 @@ Projection principal_directions(const float* ref, int64_t nr, int64_t C) {
   double* xp = x.data_ptr<double>();
   for (int64_t i = 0; i < m; ++i)
     for (int64_t c = 0; c < C; ++c) xp[i * C + c] = ref[i * step * C + c] - pr.mean[c];
-  const at::Tensor vecs = std::get<1>(at::linalg_eigh(x.t().mm(x), "L")).contiguous();
-  const double* vp = vecs.data_ptr<double>();  // [C][C], eigenvalues ascending
+  const auto eig = at::linalg_eigh(x.t().mm(x), "L");
+  const at::Tensor vals = std::get<0>(eig).contiguous();
+  const at::Tensor vecs = std::get<1>(eig).contiguous();
+  const double* lp = vals.data_ptr<double>();  // eigenvalues ascending
+  const double* vp = vecs.data_ptr<double>();  // [C][C], columns the eigenvectors
+  double total = 0.0, top = 0.0;
+  for (int64_t j = 0; j < C; ++j) total += std::max(0.0, lp[j]);
+  for (int j = 0; j < pr.d; ++j) top += std::max(0.0, lp[C - 1 - j]);
+  pr.energy = total > 0.0 ? top / total : 1.0;
   pr.basis.assign(C * kMaxProj, 0.0);
   for (int64_t c = 0; c < C; ++c)
     for (int j = 0; j < pr.d; ++j) pr.basis[c * kMaxProj + j] = vp[c * C + (C - 1 - j)];
@@ -798,19 +812,16 @@ struct BoxBound {
   }
 };
 
-void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
-                      int64_t ref_base, int64_t C, int64_t k, int64_t* out_idx, float* out_d) {
-  TORCH_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max() &&
-                        nq < std::numeric_limits<int32_t>::max(),
-                    "knn: a sample may hold at most 2^31 - 2 query and reference rows, got ", nq,
-                    " and ", nr);
+// Pruned order (see the block comment above).
+void knn_pruned_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
+                       int64_t ref_base, int64_t C, int64_t k, const Projection& proj,
+                       int64_t* out_idx, float* out_d) {
   const MicroKernel micro = pick_micro_kernel();
   constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
   const float kappa = 4.0f * static_cast<float>(C + 8) * kUnit;
   const float tiny = static_cast<float>(C + 8) * std::numeric_limits<float>::min();
 
   // Projections, orders and boxes of refs (leaves) and queries (blocks).
-  const Projection proj = principal_directions(ref, nr, C);
   const int d = proj.d;
   std::vector<double> y(std::max(nr, nq) * kMaxProj);
   std::vector<int32_t> rperm(nr), qperm(nq);
@@ -959,6 +970,125 @@ void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t 
       }
     }
   });
+}
+
+// Dense order (queries and refs in row order, no pruning): for data far from low rank, where the
+// boxes would skip nothing; larger query groups reuse each cache-resident chunk of refs longer.
+void knn_dense_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
+                      int64_t ref_base, int64_t C, int64_t k, const Projection& proj,
+                      int64_t* out_idx, float* out_d) {
+  const MicroKernel micro = pick_micro_kernel();
+  constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
+  const float kappa = 4.0f * static_cast<float>(C + 8) * kUnit;
+  const float tiny = static_cast<float>(C + 8) * std::numeric_limits<float>::min();
+
+  // Centre on the mean of the sample's refs: distances are unchanged, norms (and the margin) shrink.
+  std::vector<float> mean(C);
+  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(proj.mean[c]);
+
+  // Pack the sample's refs once: centred, in panels of kNR rows stored channel-major, zero rows
+  // after the last one; squared norms and norms per row.
+  const int64_t num_panels = (nr + kNR - 1) / kNR;
+  std::unique_ptr<float[]> packed(new float[num_panels * kNR * C]);
+  std::unique_ptr<float[]> rn(new float[num_panels * kNR]);
+  std::unique_ptr<float[]> rnorm(new float[num_panels * kNR]);
+  at::parallel_for(0, num_panels, 64, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      float* panel = packed.get() + p * kNR * C;
+      for (int64_t jj = 0; jj < kNR; ++jj) {
+        const int64_t j = p * kNR + jj;
+        float s = 0.0f;
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = j < nr ? ref[j * C + c] - mean[c] : 0.0f;
+          panel[c * kNR + jj] = v;
+          s += v * v;
+        }
+        rn[j] = s;
+        rnorm[j] = std::sqrt(s);
+      }
+    }
+  });
+
+  // Work items: groups of queries, a multiple of kMR, small enough to feed every thread.
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  int64_t group = (nq + 4 * threads - 1) / (4 * threads);
+  group = std::min<int64_t>(kMaxGroup, std::max<int64_t>(kMR, (group + kMR - 1) / kMR * kMR));
+  const int64_t num_groups = (nq + group - 1) / group;
+  const int64_t cap = 2 * k + 64;
+  const int64_t panels_per_chunk = kChunk / kNR;
+
+  at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> qbuf(group * C), qn(group), qnorm(group), T(group);
+    std::vector<Candidate> cand_mem(group * cap);
+    Scratch scratch;
+    float L[kMR * kNR], E[kMR * kNR];
+    uint32_t masks[kMR];
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t qs = g * group;
+      const int64_t nqg = std::min(group, nq - qs);
+      const int64_t nqpad = (nqg + kMR - 1) / kMR * kMR;
+      std::vector<CandidateSet> sets;
+      sets.reserve(nqg);
+      for (int64_t i = 0; i < nqg; ++i) sets.emplace_back(cand_mem.data() + i * cap, cap, k);
+      for (int64_t i = 0; i < nqpad; ++i) {
+        float s = 0.0f;
+        for (int64_t c = 0; c < C; ++c) {
+          const float v = i < nqg ? query[(qs + i) * C + c] - mean[c] : 0.0f;
+          qbuf[i * C + c] = v;
+          s += v * v;
+        }
+        qn[i] = s;
+        qnorm[i] = std::sqrt(s);
+        // Padding rows never offer anything.
+        T[i] = i < nqg ? std::numeric_limits<float>::infinity()
+                       : -std::numeric_limits<float>::infinity();
+      }
+      // Chunks of refs stay in cache while every query block of the group passes over them.
+      for (int64_t pc = 0; pc < num_panels; pc += panels_per_chunk) {
+        const int64_t pe = std::min(num_panels, pc + panels_per_chunk);
+        for (int64_t i0 = 0; i0 < nqpad; i0 += kMR) {
+          for (int64_t p = pc; p < pe; ++p) {
+            micro(qbuf.data() + i0 * C, C, packed.get() + p * kNR * C, qn.data() + i0,
+                  qnorm.data() + i0, T.data() + i0, rn.get() + p * kNR, rnorm.get() + p * kNR,
+                  kappa, tiny, L, E, masks);
+            for (int i = 0; i < kMR; ++i) {
+              uint32_t m = masks[i];
+              if (m == 0) continue;
+              const int64_t qi = i0 + i;
+              while (m != 0) {
+                const int j = __builtin_ctz(m);
+                m &= m - 1;
+                const int64_t row = p * kNR + j;
+                if (row >= nr) break;
+                const float lo = L[i * kNR + j];
+                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], static_cast<int32_t>(row),
+                               static_cast<int32_t>(row), query + (qs + qi) * C, ref, C, scratch);
+              }
+              T[qi] = sets[qi].threshold();
+            }
+          }
+        }
+      }
+      for (int64_t i = 0; i < nqg; ++i) {
+        sets[i].finish(query + (qs + i) * C, ref, C, scratch, ref_base, out_idx + (qs + i) * k,
+                       out_d + (qs + i) * k);
+      }
+    }
+  });
+}
+
+void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
+                      int64_t ref_base, int64_t C, int64_t k, int64_t* out_idx, float* out_d) {
+  TORCH_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max() &&
+                        nq < std::numeric_limits<int32_t>::max(),
+                    "knn: a sample may hold at most 2^31 - 2 query and reference rows, got ", nq,
+                    " and ", nr);
+  const Projection proj = principal_directions(ref, nr, C);
+  if (proj.energy >= kPruneEnergy && nr > 2 * kLeafRows) {
+    knn_pruned_sample(query, nq, ref, nr, ref_base, C, k, proj, out_idx, out_d);
+  } else {
+    knn_dense_sample(query, nq, ref, nr, ref_base, C, k, proj, out_idx, out_d);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Tensor& ref,
