@@ -38,10 +38,10 @@
 //     |q|^2 + |r|^2 - 2 q.r with a rigorous rounding-error margin, and a per-query candidate buffer
 //     keeps every ref whose lower bound can still reach the top k. The survivors' exact distances
 //     (the definition above) decide the result. Parallel over query groups.
-//   Extra CPU memory: the tree (about 30 bytes per ref), or two reordered copies of a sample's
-//     refs (packed and centred, and as given: 2 x M_s x C floats), 64 bytes per ref or query for
-//     the projections while ordering, and candidate buffers of (2k + 64) x 16 bytes per query of
-//     each active group of queries.
+//   Extra CPU memory: the tree (about 30 bytes per ref); or, brute force, one packed copy of a
+//     sample's refs (M_s x C floats; pruned: a second, reordered copy as given and 64 bytes per ref
+//     or query for the projections while ordering) and candidate buffers of (2k + 64) x 16 bytes
+//     per query of each active group of queries.
 //   CUDA: tiled brute force. One warp per query, 8 queries per block; ref tiles and query chunks
 //     are staged through shared memory, every lane computes exact distances of its refs and the warp
 //     maintains a sorted top-k list (shared memory when small, else the output row) by cooperative
