@@ -252,8 +252,8 @@ constexpr int kLeafRows = kLeafPanels * kNR;
 constexpr int kGroupBlocks = 4;  // query blocks per work item
 constexpr int kMaxProj = 8;      // principal directions of the pruning boxes
 // The pruned order needs the refs close to a d-dimensional subspace; below this share of the
-// variance along the d leading directions the boxes skip (almost) nothing and the dense order, whose
-// larger query groups reuse cached refs longer, is faster (isotropic 64-channel data: 2x).
+// variance along the d leading directions the boxes skip (almost) nothing and the dense order,
+// whose larger query groups reuse cached refs longer, is faster (isotropic 64 channels: 2x).
 constexpr double kPruneEnergy = 0.9;
 constexpr int kChunk = 256;      // dense order: refs per cache-resident chunk
 constexpr int kMaxGroup = 192;   // dense order: queries per work item
@@ -737,9 +737,9 @@ double project_rows(const float* x, int64_t n, int64_t C, const Projection& pr, 
   return 1.01 * (C + 2) * u * worst * (1.0 + pr.delta) + std::numeric_limits<double>::min();
 }
 
-// Reorders ids (rows of y, stride kMaxProj) by a k-d partition: node [b, e) with e - b > leaf splits at the median
-// of its widest projected axis, the left part rounded up to a multiple of leaf, so every chunk of
-// `leaf` consecutive ids is one leaf (only the last may be short).
+// Reorders ids (rows of y, stride kMaxProj) by a k-d partition: node [b, e) with e - b > leaf
+// splits at the median of its widest projected axis, the left part rounded up to a multiple of
+// leaf, so every chunk of `leaf` consecutive ids is one leaf (only the last may be short).
 void kd_order(const double* y, int d, int32_t* ids, int64_t b, int64_t e, int64_t leaf) {
   while (e - b > leaf) {
     int axis = 0;
@@ -812,53 +812,90 @@ struct BoxBound {
   }
 };
 
-// Pruned order (see the block comment above).
-void knn_pruned_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
-                       int64_t ref_base, int64_t C, int64_t k, const Projection& proj,
-                       int64_t* out_idx, float* out_d) {
+// How knn_tiled_sample orders and visits a sample's refs and queries.
+struct TilePlan {
+  bool prune = false;          // visit leaves nearest box first, skip leaves by certified bounds
+  int64_t leaf_panels = 1;     // panels per leaf, the unit of visiting (and of cache reuse)
+  int64_t group_blocks = 1;    // query blocks of kMR rows per work item
+  std::vector<int32_t> rperm;  // refs in visiting order (empty: row order)
+  std::vector<int32_t> qperm;  // queries in block order (empty: row order)
+  int d = 0;                   // with prune: box dimensions, boxes [2][d] of leaves and blocks
+  std::vector<double> leaf_box, block_box;
+  BoxBound bound{0.0, 1.0, 0.0};
+};
+
+// The pruned plan (see the block comment above): k-d orders of the projected refs (leaves of
+// kLeafRows) and queries (blocks of kMR), their boxes and the certified bound.
+TilePlan pruned_plan(const float* query, int64_t nq, const float* ref, int64_t nr, int64_t C,
+                     const Projection& proj) {
+  constexpr double kUnitF = 5.9604645e-08;  // 2^-24
+  TilePlan plan;
+  plan.prune = true;
+  plan.leaf_panels = kLeafPanels;
+  plan.group_blocks = kGroupBlocks;
+  plan.d = proj.d;
+  std::vector<double> y(std::max(nr, nq) * kMaxProj);
+  plan.rperm.resize(nr);
+  plan.qperm.resize(nq);
+  for (int64_t j = 0; j < nr; ++j) plan.rperm[j] = static_cast<int32_t>(j);
+  for (int64_t i = 0; i < nq; ++i) plan.qperm[i] = static_cast<int32_t>(i);
+  double err = project_rows(ref, nr, C, proj, y.data());
+  kd_order(y.data(), plan.d, plan.rperm.data(), 0, nr, kLeafRows);
+  plan.leaf_box = chunk_boxes(y.data(), plan.d, plan.rperm.data(), nr, kLeafRows);
+  err += project_rows(query, nq, C, proj, y.data());
+  kd_order(y.data(), plan.d, plan.qperm.data(), 0, nq, kMR);
+  plan.block_box = chunk_boxes(y.data(), plan.d, plan.qperm.data(), nq, kMR);
+  plan.bound = BoxBound{err * std::sqrt(static_cast<double>(plan.d)),
+                        (1.0 - (C + 4) * kUnitF) / ((1.0 + proj.delta) * (1.0 + proj.delta)),
+                        static_cast<double>(C + 8) * std::numeric_limits<float>::min()};
+  return plan;
+}
+
+// The dense plan: row order, nothing skipped; chunks of kChunk refs stay in cache while groups of
+// up to kMaxGroup queries (small enough to feed every thread) pass over them.
+TilePlan dense_plan(int64_t nq) {
+  TilePlan plan;
+  plan.leaf_panels = kChunk / kNR;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t rows = (nq + 4 * threads - 1) / (4 * threads);
+  plan.group_blocks =
+      std::min<int64_t>(kMaxGroup / kMR, std::max<int64_t>(1, (rows + kMR - 1) / kMR));
+  return plan;
+}
+
+void knn_tiled_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
+                      int64_t ref_base, int64_t C, int64_t k, const Projection& proj,
+                      const TilePlan& plan, int64_t* out_idx, float* out_d) {
   const MicroKernel micro = pick_micro_kernel();
   constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
   const float kappa = 4.0f * static_cast<float>(C + 8) * kUnit;
   const float tiny = static_cast<float>(C + 8) * std::numeric_limits<float>::min();
-
-  // Projections, orders and boxes of refs (leaves) and queries (blocks).
-  const int d = proj.d;
-  std::vector<double> y(std::max(nr, nq) * kMaxProj);
-  std::vector<int32_t> rperm(nr), qperm(nq);
-  for (int64_t j = 0; j < nr; ++j) rperm[j] = static_cast<int32_t>(j);
-  for (int64_t i = 0; i < nq; ++i) qperm[i] = static_cast<int32_t>(i);
-  double err = project_rows(ref, nr, C, proj, y.data());
-  kd_order(y.data(), d, rperm.data(), 0, nr, kLeafRows);
-  const std::vector<double> leaf_box = chunk_boxes(y.data(), d, rperm.data(), nr, kLeafRows);
-  err += project_rows(query, nq, C, proj, y.data());
-  kd_order(y.data(), d, qperm.data(), 0, nq, kMR);
-  const std::vector<double> block_box = chunk_boxes(y.data(), d, qperm.data(), nq, kMR);
-  std::vector<double>().swap(y);
-  const BoxBound bound{err * std::sqrt(static_cast<double>(d)),
-                       (1.0 - (C + 4) * static_cast<double>(kUnit)) /
-                           ((1.0 + proj.delta) * (1.0 + proj.delta)),
-                       static_cast<double>(tiny)};
+  const int d = plan.d;
+  const bool rperm = !plan.rperm.empty(), qperm = !plan.qperm.empty();
+  const auto ref_row = [&](int64_t slot) -> int64_t { return rperm ? plan.rperm[slot] : slot; };
+  const auto query_row = [&](int64_t pos) -> int64_t { return qperm ? plan.qperm[pos] : pos; };
 
   // Centre on the mean of the sample's refs (distances unchanged, norms and margins shrink) and
-  // pack the refs in leaf order: panels of kNR rows channel-major, zero rows after the last one;
-  // squared norms and norms per slot.
+  // pack the refs in visiting order: panels of kNR rows channel-major, zero rows after the last
+  // one; squared norms and norms per slot. Reordered refs are also copied as given, for the exact
+  // distances of candidates (a query's candidates then sit in a few contiguous leaves).
   std::vector<float> mean(C);
   for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(proj.mean[c]);
-  const int64_t num_leaves = (nr + kLeafRows - 1) / kLeafRows;
-  const int64_t num_panels = num_leaves * kLeafPanels;
+  const int64_t leaf_rows = plan.leaf_panels * kNR;
+  const int64_t num_leaves = (nr + leaf_rows - 1) / leaf_rows;
+  const int64_t num_panels = num_leaves * plan.leaf_panels;
   std::unique_ptr<float[]> packed(new float[num_panels * kNR * C]);
   std::unique_ptr<float[]> rn(new float[num_panels * kNR]);
   std::unique_ptr<float[]> rnorm(new float[num_panels * kNR]);
-  // The refs themselves in the same order, for the exact distances of candidates (a query's
-  // candidates then sit in a few contiguous leaves instead of all over the sample).
-  std::unique_ptr<float[]> ordered(new float[nr * C]);
+  std::unique_ptr<float[]> copy(rperm ? new float[nr * C] : nullptr);
+  const float* ordered = rperm ? copy.get() : ref;
   at::parallel_for(0, num_panels, 64, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       float* panel = packed.get() + p * kNR * C;
       for (int64_t jj = 0; jj < kNR; ++jj) {
         const int64_t slot = p * kNR + jj;
-        const float* row = slot < nr ? ref + static_cast<int64_t>(rperm[slot]) * C : nullptr;
-        if (row != nullptr) std::memcpy(ordered.get() + slot * C, row, C * sizeof(float));
+        const float* row = slot < nr ? ref + ref_row(slot) * C : nullptr;
+        if (rperm && row != nullptr) std::memcpy(copy.get() + slot * C, row, C * sizeof(float));
         float s = 0.0f;
         for (int64_t c = 0; c < C; ++c) {
           const float v = row != nullptr ? row[c] - mean[c] : 0.0f;
@@ -872,14 +909,14 @@ void knn_pruned_sample(const float* query, int64_t nq, const float* ref, int64_t
   });
 
   const int64_t num_blocks = (nq + kMR - 1) / kMR;
-  const int64_t num_groups = (num_blocks + kGroupBlocks - 1) / kGroupBlocks;
+  const int64_t num_groups = (num_blocks + plan.group_blocks - 1) / plan.group_blocks;
+  const int64_t group_rows = plan.group_blocks * kMR;
   const int64_t cap = 2 * k + 64;
-  constexpr int64_t kGroupRows = kGroupBlocks * kMR;
 
   at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> qbuf(kGroupRows * C), qn(kGroupRows), qnorm(kGroupRows), T(kGroupRows);
-    std::vector<Candidate> cand_mem(kGroupRows * cap);
-    std::vector<std::pair<double, int64_t>> heap(num_leaves);
+    std::vector<float> qbuf(group_rows * C), qn(group_rows), qnorm(group_rows), T(group_rows);
+    std::vector<Candidate> cand_mem(group_rows * cap);
+    std::vector<std::pair<double, int64_t>> heap(plan.prune ? num_leaves : 0);
     std::vector<double> group_box(2 * d);
     Scratch scratch;
     float L[kMR * kNR], E[kMR * kNR];
@@ -887,14 +924,15 @@ void knn_pruned_sample(const float* query, int64_t nq, const float* ref, int64_t
     const auto farther = [](const std::pair<double, int64_t>& a,
                             const std::pair<double, int64_t>& b) { return a > b; };
     for (int64_t g = g0; g < g1; ++g) {
-      const int64_t b0 = g * kGroupBlocks, b1 = std::min(num_blocks, b0 + kGroupBlocks);
+      const int64_t b0 = g * plan.group_blocks;
+      const int64_t b1 = std::min(num_blocks, b0 + plan.group_blocks);
       const int64_t rows = (b1 - b0) * kMR;  // slots, padding included
       std::vector<CandidateSet> sets;
       sets.reserve(rows);
       for (int64_t i = 0; i < rows; ++i) sets.emplace_back(cand_mem.data() + i * cap, cap, k);
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t pos = b0 * kMR + i;
-        const float* src = pos < nq ? query + static_cast<int64_t>(qperm[pos]) * C : nullptr;
+        const float* src = pos < nq ? query + query_row(pos) * C : nullptr;
         float s = 0.0f;
         for (int64_t c = 0; c < C; ++c) {
           const float v = src != nullptr ? src[c] - mean[c] : 0.0f;
@@ -907,54 +945,60 @@ void knn_pruned_sample(const float* query, int64_t nq, const float* ref, int64_t
         T[i] = src != nullptr ? std::numeric_limits<float>::infinity()
                               : -std::numeric_limits<float>::infinity();
       }
-      for (int j = 0; j < d; ++j) {
-        group_box[j] = std::numeric_limits<double>::infinity();
-        group_box[d + j] = -std::numeric_limits<double>::infinity();
-      }
-      for (int64_t bb = b0; bb < b1; ++bb) {
-        const double* bx = block_box.data() + bb * 2 * d;
+      if (plan.prune) {
         for (int j = 0; j < d; ++j) {
-          group_box[j] = std::min(group_box[j], bx[j]);
-          group_box[d + j] = std::max(group_box[d + j], bx[d + j]);
+          group_box[j] = std::numeric_limits<double>::infinity();
+          group_box[d + j] = -std::numeric_limits<double>::infinity();
         }
+        for (int64_t bb = b0; bb < b1; ++bb) {
+          const double* bx = plan.block_box.data() + bb * 2 * d;
+          for (int j = 0; j < d; ++j) {
+            group_box[j] = std::min(group_box[j], bx[j]);
+            group_box[d + j] = std::max(group_box[d + j], bx[d + j]);
+          }
+        }
+        for (int64_t l = 0; l < num_leaves; ++l)
+          heap[l] = {box_gap2(group_box.data(), plan.leaf_box.data() + l * 2 * d, d), l};
+        std::make_heap(heap.begin(), heap.end(), farther);
       }
-      for (int64_t l = 0; l < num_leaves; ++l)
-        heap[l] = {box_gap2(group_box.data(), leaf_box.data() + l * 2 * d, d), l};
-      std::make_heap(heap.begin(), heap.end(), farther);
       for (int64_t left = num_leaves; left > 0; --left) {
-        std::pop_heap(heap.begin(), heap.begin() + left, farther);
-        const double gap2 = heap[left - 1].first;
-        const int64_t leaf = heap[left - 1].second;
-        float tmax = -std::numeric_limits<float>::infinity();
-        for (int64_t i = 0; i < rows; ++i) tmax = std::max(tmax, T[i]);
-        if (bound(gap2) > static_cast<double>(tmax)) break;  // this leaf and every later one
-        const double* lbox = leaf_box.data() + leaf * 2 * d;
+        int64_t leaf = num_leaves - left;  // dense: row order
+        const double* lbox = nullptr;
+        if (plan.prune) {  // nearest box first; stop once no query can gain from any leaf left
+          std::pop_heap(heap.begin(), heap.begin() + left, farther);
+          leaf = heap[left - 1].second;
+          float tmax = -std::numeric_limits<float>::infinity();
+          for (int64_t i = 0; i < rows; ++i) tmax = std::max(tmax, T[i]);
+          if (plan.bound(heap[left - 1].first) > static_cast<double>(tmax)) break;
+          lbox = plan.leaf_box.data() + leaf * 2 * d;
+        }
         for (int64_t bb = b0; bb < b1; ++bb) {
           const int64_t i0 = (bb - b0) * kMR;
-          float tb = T[i0];
-          for (int i = 1; i < kMR; ++i) tb = std::max(tb, T[i0 + i]);
-          if (bound(box_gap2(block_box.data() + bb * 2 * d, lbox, d)) > static_cast<double>(tb))
-            continue;
-          for (int64_t p = leaf * kLeafPanels; p < (leaf + 1) * kLeafPanels; ++p) {
+          if (plan.prune) {
+            float tb = T[i0];
+            for (int i = 1; i < kMR; ++i) tb = std::max(tb, T[i0 + i]);
+            const double gap2 = box_gap2(plan.block_box.data() + bb * 2 * d, lbox, d);
+            if (plan.bound(gap2) > static_cast<double>(tb)) continue;
+          }
+          for (int64_t p = leaf * plan.leaf_panels; p < (leaf + 1) * plan.leaf_panels; ++p) {
+            const int64_t valid = std::min<int64_t>(kNR, nr - p * kNR);
+            if (valid <= 0) break;
             micro(qbuf.data() + i0 * C, C, packed.get() + p * kNR * C, qn.data() + i0,
                   qnorm.data() + i0, T.data() + i0, rn.get() + p * kNR, rnorm.get() + p * kNR,
                   kappa, tiny, L, E, masks);
-            const int64_t valid = std::min<int64_t>(kNR, nr - p * kNR);
-            const uint32_t valid_mask = valid >= kNR ? 0xffffffffu
-                                        : valid <= 0  ? 0u
-                                                      : (1u << valid) - 1u;
+            const uint32_t valid_mask = valid >= kNR ? 0xffffffffu : (1u << valid) - 1u;
             for (int i = 0; i < kMR; ++i) {
               uint32_t m = masks[i] & valid_mask;
               if (m == 0) continue;
               const int64_t qi = i0 + i;
-              const float* qrow = query + static_cast<int64_t>(qperm[b0 * kMR + qi]) * C;
+              const float* qrow = query + query_row(b0 * kMR + qi) * C;
               while (m != 0) {
                 const int j = __builtin_ctz(m);
                 m &= m - 1;
                 const float lo = L[i * kNR + j];
                 const int64_t slot = p * kNR + j;
-                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], rperm[slot],
-                               static_cast<int32_t>(slot), qrow, ordered.get(), C, scratch);
+                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], static_cast<int32_t>(ref_row(slot)),
+                               static_cast<int32_t>(slot), qrow, ordered, C, scratch);
               }
               T[qi] = sets[qi].threshold();
             }
@@ -964,114 +1008,9 @@ void knn_pruned_sample(const float* query, int64_t nq, const float* ref, int64_t
       for (int64_t i = 0; i < rows; ++i) {
         const int64_t pos = b0 * kMR + i;
         if (pos >= nq) break;
-        const int64_t qrow = qperm[pos];
-        sets[i].finish(query + qrow * C, ordered.get(), C, scratch, ref_base, out_idx + qrow * k,
+        const int64_t qrow = query_row(pos);
+        sets[i].finish(query + qrow * C, ordered, C, scratch, ref_base, out_idx + qrow * k,
                        out_d + qrow * k);
-      }
-    }
-  });
-}
-
-// Dense order (queries and refs in row order, no pruning): for data far from low rank, where the
-// boxes would skip nothing; larger query groups reuse each cache-resident chunk of refs longer.
-void knn_dense_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
-                      int64_t ref_base, int64_t C, int64_t k, const Projection& proj,
-                      int64_t* out_idx, float* out_d) {
-  const MicroKernel micro = pick_micro_kernel();
-  constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
-  const float kappa = 4.0f * static_cast<float>(C + 8) * kUnit;
-  const float tiny = static_cast<float>(C + 8) * std::numeric_limits<float>::min();
-
-  // Centre on the mean of the sample's refs: distances are unchanged, norms (and the margin) shrink.
-  std::vector<float> mean(C);
-  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(proj.mean[c]);
-
-  // Pack the sample's refs once: centred, in panels of kNR rows stored channel-major, zero rows
-  // after the last one; squared norms and norms per row.
-  const int64_t num_panels = (nr + kNR - 1) / kNR;
-  std::unique_ptr<float[]> packed(new float[num_panels * kNR * C]);
-  std::unique_ptr<float[]> rn(new float[num_panels * kNR]);
-  std::unique_ptr<float[]> rnorm(new float[num_panels * kNR]);
-  at::parallel_for(0, num_panels, 64, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p) {
-      float* panel = packed.get() + p * kNR * C;
-      for (int64_t jj = 0; jj < kNR; ++jj) {
-        const int64_t j = p * kNR + jj;
-        float s = 0.0f;
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = j < nr ? ref[j * C + c] - mean[c] : 0.0f;
-          panel[c * kNR + jj] = v;
-          s += v * v;
-        }
-        rn[j] = s;
-        rnorm[j] = std::sqrt(s);
-      }
-    }
-  });
-
-  // Work items: groups of queries, a multiple of kMR, small enough to feed every thread.
-  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t group = (nq + 4 * threads - 1) / (4 * threads);
-  group = std::min<int64_t>(kMaxGroup, std::max<int64_t>(kMR, (group + kMR - 1) / kMR * kMR));
-  const int64_t num_groups = (nq + group - 1) / group;
-  const int64_t cap = 2 * k + 64;
-  const int64_t panels_per_chunk = kChunk / kNR;
-
-  at::parallel_for(0, num_groups, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> qbuf(group * C), qn(group), qnorm(group), T(group);
-    std::vector<Candidate> cand_mem(group * cap);
-    Scratch scratch;
-    float L[kMR * kNR], E[kMR * kNR];
-    uint32_t masks[kMR];
-    for (int64_t g = g0; g < g1; ++g) {
-      const int64_t qs = g * group;
-      const int64_t nqg = std::min(group, nq - qs);
-      const int64_t nqpad = (nqg + kMR - 1) / kMR * kMR;
-      std::vector<CandidateSet> sets;
-      sets.reserve(nqg);
-      for (int64_t i = 0; i < nqg; ++i) sets.emplace_back(cand_mem.data() + i * cap, cap, k);
-      for (int64_t i = 0; i < nqpad; ++i) {
-        float s = 0.0f;
-        for (int64_t c = 0; c < C; ++c) {
-          const float v = i < nqg ? query[(qs + i) * C + c] - mean[c] : 0.0f;
-          qbuf[i * C + c] = v;
-          s += v * v;
-        }
-        qn[i] = s;
-        qnorm[i] = std::sqrt(s);
-        // Padding rows never offer anything.
-        T[i] = i < nqg ? std::numeric_limits<float>::infinity()
-                       : -std::numeric_limits<float>::infinity();
-      }
-      // Chunks of refs stay in cache while every query block of the group passes over them.
-      for (int64_t pc = 0; pc < num_panels; pc += panels_per_chunk) {
-        const int64_t pe = std::min(num_panels, pc + panels_per_chunk);
-        for (int64_t i0 = 0; i0 < nqpad; i0 += kMR) {
-          for (int64_t p = pc; p < pe; ++p) {
-            micro(qbuf.data() + i0 * C, C, packed.get() + p * kNR * C, qn.data() + i0,
-                  qnorm.data() + i0, T.data() + i0, rn.get() + p * kNR, rnorm.get() + p * kNR,
-                  kappa, tiny, L, E, masks);
-            for (int i = 0; i < kMR; ++i) {
-              uint32_t m = masks[i];
-              if (m == 0) continue;
-              const int64_t qi = i0 + i;
-              while (m != 0) {
-                const int j = __builtin_ctz(m);
-                m &= m - 1;
-                const int64_t row = p * kNR + j;
-                if (row >= nr) break;
-                const float lo = L[i * kNR + j];
-                sets[qi].offer(lo, lo + 2.0f * E[i * kNR + j], static_cast<int32_t>(row),
-                               static_cast<int32_t>(row), query + (qs + qi) * C, ref, C, scratch);
-              }
-              T[qi] = sets[qi].threshold();
-            }
-          }
-        }
-      }
-      for (int64_t i = 0; i < nqg; ++i) {
-        sets[i].finish(query + (qs + i) * C, ref, C, scratch, ref_base, out_idx + (qs + i) * k,
-                       out_d + (qs + i) * k);
       }
     }
   });
@@ -1084,11 +1023,10 @@ void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t 
                     "knn: a sample may hold at most 2^31 - 2 query and reference rows, got ", nq,
                     " and ", nr);
   const Projection proj = principal_directions(ref, nr, C);
-  if (proj.energy >= kPruneEnergy && nr > 2 * kLeafRows) {
-    knn_pruned_sample(query, nq, ref, nr, ref_base, C, k, proj, out_idx, out_d);
-  } else {
-    knn_dense_sample(query, nq, ref, nr, ref_base, C, k, proj, out_idx, out_d);
-  }
+  const TilePlan plan = proj.energy >= kPruneEnergy && nr > 2 * kLeafRows
+                            ? pruned_plan(query, nq, ref, nr, C, proj)
+                            : dense_plan(nq);
+  knn_tiled_sample(query, nq, ref, nr, ref_base, C, k, proj, plan, out_idx, out_d);
 }
 
 std::tuple<at::Tensor, at::Tensor> knn_cpu(const at::Tensor& query, const at::Tensor& ref,
