@@ -210,13 +210,15 @@ void knn_kdtree_sample(const float* query, int64_t nq, const float* ref, int64_t
 }
 
 // ------------------------------------------------------------------------------------------------
-// Pruned tiled brute force (C > 3)
+// Tiled brute force (C > 3), in one of two plans: pruned when the refs are near low rank (below),
+// else dense (row order, nothing skipped; see kPruneEnergy).
 //
 // Ordering. The sample's refs and queries are projected on the d = min(C, 8) principal directions
 // of the refs (double precision) and each set is reordered by a k-d partition of the projections
 // (median splits on the widest projected axis, every left part a multiple of the leaf size): refs
 // into leaves of kLeafRows rows, queries into blocks of kMR rows; work items are groups of
-// kGroupBlocks consecutive blocks. Every leaf and block gets the bounding box of its projections.
+// kGroupBlocks consecutive blocks. Every leaf, block and group gets the bounding box of its
+// projections.
 // Pruning. A group visits the leaves in increasing order of the box-to-box distance (a lazy
 // min-heap) and stops at the first leaf whose certified lower bound (below) exceeds every
 // query's current threshold T; a block skips a visited leaf when the bound from its own box exceeds
@@ -257,6 +259,12 @@ constexpr int kMaxProj = 8;      // principal directions of the pruning boxes
 constexpr double kPruneEnergy = 0.9;
 constexpr int kChunk = 256;      // dense order: refs per cache-resident chunk
 constexpr int kMaxGroup = 192;   // dense order: queries per work item
+constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
+
+// Absolute slack of the distance bounds for underflow: (C + 8) FLT_MIN.
+inline float underflow_slack(int64_t C) {
+  return static_cast<float>(C + 8) * std::numeric_limits<float>::min();
+}
 
 struct Candidate {
   float lo, hi;  // bounds of the exact distance (equal once exact)
@@ -820,7 +828,7 @@ struct TilePlan {
   std::vector<int32_t> rperm;  // refs in visiting order (empty: row order)
   std::vector<int32_t> qperm;  // queries in block order (empty: row order)
   int d = 0;                   // with prune: box dimensions, boxes [2][d] of leaves and blocks
-  std::vector<double> leaf_box, block_box;
+  std::vector<double> leaf_box, block_box, group_box;
   BoxBound bound{0.0, 1.0, 0.0};
 };
 
@@ -828,7 +836,6 @@ struct TilePlan {
 // kLeafRows) and queries (blocks of kMR), their boxes and the certified bound.
 TilePlan pruned_plan(const float* query, int64_t nq, const float* ref, int64_t nr, int64_t C,
                      const Projection& proj) {
-  constexpr double kUnitF = 5.9604645e-08;  // 2^-24
   TilePlan plan;
   plan.prune = true;
   plan.leaf_panels = kLeafPanels;
@@ -845,9 +852,11 @@ TilePlan pruned_plan(const float* query, int64_t nq, const float* ref, int64_t n
   err += project_rows(query, nq, C, proj, y.data());
   kd_order(y.data(), plan.d, plan.qperm.data(), 0, nq, kMR);
   plan.block_box = chunk_boxes(y.data(), plan.d, plan.qperm.data(), nq, kMR);
+  plan.group_box = chunk_boxes(y.data(), plan.d, plan.qperm.data(), nq, kGroupBlocks * kMR);
   plan.bound = BoxBound{err * std::sqrt(static_cast<double>(plan.d)),
-                        (1.0 - (C + 4) * kUnitF) / ((1.0 + proj.delta) * (1.0 + proj.delta)),
-                        static_cast<double>(C + 8) * std::numeric_limits<float>::min()};
+                        (1.0 - (C + 4) * static_cast<double>(kUnit)) /
+                            ((1.0 + proj.delta) * (1.0 + proj.delta)),
+                        static_cast<double>(underflow_slack(C))};
   return plan;
 }
 
@@ -867,9 +876,8 @@ void knn_tiled_sample(const float* query, int64_t nq, const float* ref, int64_t 
                       int64_t ref_base, int64_t C, int64_t k, const Projection& proj,
                       const TilePlan& plan, int64_t* out_idx, float* out_d) {
   const MicroKernel micro = pick_micro_kernel();
-  constexpr float kUnit = 5.9604645e-08f;  // 2^-24, unit roundoff of float32
   const float kappa = 4.0f * static_cast<float>(C + 8) * kUnit;
-  const float tiny = static_cast<float>(C + 8) * std::numeric_limits<float>::min();
+  const float tiny = underflow_slack(C);
   const int d = plan.d;
   const bool rperm = !plan.rperm.empty(), qperm = !plan.qperm.empty();
   const auto ref_row = [&](int64_t slot) -> int64_t { return rperm ? plan.rperm[slot] : slot; };
@@ -917,7 +925,6 @@ void knn_tiled_sample(const float* query, int64_t nq, const float* ref, int64_t 
     std::vector<float> qbuf(group_rows * C), qn(group_rows), qnorm(group_rows), T(group_rows);
     std::vector<Candidate> cand_mem(group_rows * cap);
     std::vector<std::pair<double, int64_t>> heap(plan.prune ? num_leaves : 0);
-    std::vector<double> group_box(2 * d);
     Scratch scratch;
     float L[kMR * kNR], E[kMR * kNR];
     uint32_t masks[kMR];
@@ -946,19 +953,9 @@ void knn_tiled_sample(const float* query, int64_t nq, const float* ref, int64_t 
                               : -std::numeric_limits<float>::infinity();
       }
       if (plan.prune) {
-        for (int j = 0; j < d; ++j) {
-          group_box[j] = std::numeric_limits<double>::infinity();
-          group_box[d + j] = -std::numeric_limits<double>::infinity();
-        }
-        for (int64_t bb = b0; bb < b1; ++bb) {
-          const double* bx = plan.block_box.data() + bb * 2 * d;
-          for (int j = 0; j < d; ++j) {
-            group_box[j] = std::min(group_box[j], bx[j]);
-            group_box[d + j] = std::max(group_box[d + j], bx[d + j]);
-          }
-        }
+        const double* gbox = plan.group_box.data() + g * 2 * d;
         for (int64_t l = 0; l < num_leaves; ++l)
-          heap[l] = {box_gap2(group_box.data(), plan.leaf_box.data() + l * 2 * d, d), l};
+          heap[l] = {box_gap2(gbox, plan.leaf_box.data() + l * 2 * d, d), l};
         std::make_heap(heap.begin(), heap.end(), farther);
       }
       for (int64_t left = num_leaves; left > 0; --left) {
