@@ -132,7 +132,9 @@ def _worker_a(variant: str, repeats: int, warmup: int, device_name: str) -> dict
 # ---------------------------------------------------------------------------------------------
 # (b) training steps with the demo PointPillars pair on real KITTI frames
 # ---------------------------------------------------------------------------------------------
-def _kitti_batch(model_cfg: dict, frames: int = 2):
+def kitti_batch(model_cfg: dict, frames: int = 2):
+    """The first ``frames`` real KITTI frames with their labels, voxelized as ``model_cfg`` says
+    (also used by bm_knn)."""
     from pointdistiller.data.batch import CLASS_NAMES
     from pointdistiller.data.collate import Sample, VoxelCollator
     from pointdistiller.kitti_tools import io as kio
@@ -171,7 +173,7 @@ def _worker_b(mode: str, repeats: int, warmup: int, device_name: str) -> dict:
     device = torch.device(device_name)
     teacher_cfg = load_config(os.path.join(REPO, "configs/demo/pointpillars_teacher.yaml")).model
     student_cfg = load_config(os.path.join(REPO, "configs/demo/pointpillars_student_4x.yaml")).model
-    batch = _kitti_batch(student_cfg).to(device)
+    batch = kitti_batch(student_cfg).to(device)
     torch.manual_seed(0)
     student = build_detector(student_cfg).to(device).train()
     stats = {"pillars": batch.voxel_offsets.diff().tolist()}

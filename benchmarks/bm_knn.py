@@ -49,15 +49,12 @@ CASES = {
 
 def _pillar_features():
     """(top-3000 pillars, all pillars) of frame 000000: demo teacher pillar features, 64 channels."""
+    from bm_distill import kitti_batch
     from pointdistiller.config import load_config
-    from pointdistiller.data.collate import Sample, VoxelCollator
     from pointdistiller.detectors.build import build_detector
 
     cfg = load_config(os.path.join(REPO, "configs", "demo", "pointpillars_teacher.yaml")).model
-    points = np.fromfile(KITTI_FRAME, dtype=np.float32).reshape(-1, 4)
-    collate = VoxelCollator(cfg["voxel_size"], cfg["point_range"], cfg["max_points_per_voxel"],
-                            cfg["max_voxels"][0])
-    batch = collate([Sample(points, np.zeros((0, 7), np.float32), np.zeros(0, np.int64), "000000")])
+    batch = kitti_batch(cfg, frames=1)
     torch.manual_seed(0)
     teacher = build_detector(cfg).eval()
     with torch.no_grad():
