@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real KITTI sample frames and the CUDA skip rule."""
+"""Shared test fixtures: the real KITTI sample frames, one torch thread, and the CUDA skip rule."""
 import os
 
 import pytest
@@ -24,3 +24,13 @@ def kitti_sample():
     if not os.path.isdir(os.path.join(KITTI_SAMPLE, "training")):
         pytest.fail(f"real KITTI sample not found at {KITTI_SAMPLE} (set PD_KITTI_SAMPLE)")
     return KITTI_SAMPLE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for the rest of the module: on this shared 2-core box two threads mostly
+    wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -255,15 +255,6 @@ def test_post_processing_empty_and_direct_call():
 
 # ---------------------------------------------------------------- learning
 
-@pytest.fixture
-def one_thread():
-    """Small ops on a shared 2-core machine run faster (and steadier) single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_head_fits_a_few_boxes(one_thread):
     torch.manual_seed(0)
     head = AnchorHead(64, RANGE, GRID)

@@ -52,13 +52,7 @@ PAPER_MISMATCH = {
 SMALL_GRID = {"pointpillars": (64, 128), "second": (128, 128)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on this shared 2-core box two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _voxelize():

@@ -1,18 +1,13 @@
 """Fixtures of the distillation tests: one torch thread and small voxelized batches."""
 import numpy as np
 import pytest
-import torch
 
 from pointdistiller.data.collate import Sample, VoxelCollator
 
 
-@pytest.fixture(autouse=True, scope="package")
-def one_thread():
-    """One torch thread: on this shared 2-core box two threads mostly wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    """Every distillation test runs with one torch thread (``one_thread`` of tests/conftest.py)."""
 
 
 def make_batch(model, num_points=3000, batch_size=2, seed=0):
