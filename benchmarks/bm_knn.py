@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KITTI_FRAME = os.path.join(os.path.dirname(REPO), "shared", "kitti_sample", "training", "velodyne",
-                           "000000.bin")
+KITTI_FRAME = os.path.join(os.environ.get("PD_KITTI_SAMPLE") or os.path.join(
+    os.path.dirname(REPO), "shared", "kitti_sample"), "training", "velodyne", "000000.bin")
 
 CASES = {
     "points3d": {"methods": ("ours", "ckdtree", "cdist_topk"), "k": 16},

@@ -6,7 +6,6 @@ from torch import Tensor, nn
 from ..data.batch import Batch
 from .backbones_2d import SECONDBackbone, SECONDFPN
 from .heads.anchor_head import AnchorHead
-from .middle_encoders import SparseEncoder
 from .outputs import DetectorOutput
 from .voxel_encoders import MeanVFE, VoxelizationSettings, grid_size
 
@@ -59,6 +58,9 @@ class SECOND(nn.Module):
                                                  max_points_per_voxel, tuple(max_voxels))
         nx, ny, nz = grid_size(point_range, voxel_size)
         self.voxel_encoder = MeanVFE(num_point_features)
+        # spconv is imported only when a SECOND is built (PointPillars and the ops never need it)
+        from .middle_encoders.sparse_encoder import SparseEncoder
+
         self.encoder = SparseEncoder(num_point_features, (nz + 1, ny, nx), encoder_channels,
                                      encoder_layers, encoder_out_channels, sparse_algo)
         _, bev_h, bev_w = self.encoder.output_shape

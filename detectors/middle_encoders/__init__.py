@@ -1,5 +1,8 @@
-"""Middle encoders: from per-voxel features to a dense bird's-eye-view (BEV) feature map."""
-from .pillar_scatter import PointPillarsScatter
-from .sparse_encoder import SparseEncoder
+"""Middle encoders: from per-voxel features to a dense bird's-eye-view (BEV) feature map.
 
-__all__ = ["PointPillarsScatter", "SparseEncoder"]
+``sparse_encoder.SparseEncoder`` (SECOND) needs spconv; it is imported from its module, so that
+PointPillars and everything else load without spconv.
+"""
+from .pillar_scatter import PointPillarsScatter
+
+__all__ = ["PointPillarsScatter"]
