@@ -1,5 +1,6 @@
 // Schemas of pointdistiller::gather_edges(_backward) and the argument checks shared by the CPU and
 // CUDA kernels.
+#include "common/check.h"
 #include "gather_edges/gather_edges.h"
 
 #include <torch/library.h>
@@ -14,17 +15,17 @@ bool is_supported_float(at::ScalarType t) {
 
 void check_indices(const at::Tensor& features_like, const at::Tensor& idx,
                    const at::Tensor& centre, const char* op) {
-  TORCH_CHECK_TYPE(idx.scalar_type() == at::kLong, op, ": idx must be int64, got ",
+  PD_CHECK_TYPE(idx.scalar_type() == at::kLong, op, ": idx must be int64, got ",
                    idx.scalar_type());
-  TORCH_CHECK_TYPE(centre.scalar_type() == at::kLong, op, ": centre must be int64, got ",
+  PD_CHECK_TYPE(centre.scalar_type() == at::kLong, op, ": centre must be int64, got ",
                    centre.scalar_type());
-  TORCH_CHECK_VALUE(idx.dim() == 2, op, ": idx must be [Q, k], got shape ", idx.sizes());
-  TORCH_CHECK_VALUE(centre.dim() == 1 && centre.size(0) == idx.size(0), op,
+  PD_CHECK_VALUE(idx.dim() == 2, op, ": idx must be [Q, k], got shape ", idx.sizes());
+  PD_CHECK_VALUE(centre.dim() == 1 && centre.size(0) == idx.size(0), op,
                     ": centre must be [Q] with Q = idx.shape[0] = ", idx.size(0), ", got shape ",
                     centre.sizes());
-  TORCH_CHECK_VALUE(idx.device() == features_like.device(), op, ": idx is on ", idx.device(),
+  PD_CHECK_VALUE(idx.device() == features_like.device(), op, ": idx is on ", idx.device(),
                     " but the features are on ", features_like.device());
-  TORCH_CHECK_VALUE(centre.device() == features_like.device(), op, ": centre is on ",
+  PD_CHECK_VALUE(centre.device() == features_like.device(), op, ": centre is on ",
                     centre.device(), " but the features are on ", features_like.device());
 }
 
@@ -33,7 +34,7 @@ void check_range(const at::Tensor& rows, const char* name, int64_t num_rows, con
   const auto mm = at::aminmax(rows);
   const int64_t lo = std::get<0>(mm).item<int64_t>();
   const int64_t hi = std::get<1>(mm).item<int64_t>();
-  TORCH_CHECK_VALUE(lo >= 0 && hi < num_rows, op, ": ", name, " holds row ", lo < 0 ? lo : hi,
+  PD_CHECK_VALUE(lo >= 0 && hi < num_rows, op, ": ", name, " holds row ", lo < 0 ? lo : hi,
                     " outside [0, ", num_rows, ") (the features have ", num_rows, " rows)");
 }
 
@@ -41,10 +42,10 @@ void check_range(const at::Tensor& rows, const char* name, int64_t num_rows, con
 
 void check_forward_args(const at::Tensor& features, const at::Tensor& idx,
                         const at::Tensor& centre) {
-  TORCH_CHECK_TYPE(is_supported_float(features.scalar_type()),
+  PD_CHECK_TYPE(is_supported_float(features.scalar_type()),
                    "gather_edges: features must be float32, float64, float16 or bfloat16, got ",
                    features.scalar_type());
-  TORCH_CHECK_VALUE(features.dim() == 2, "gather_edges: features must be [M, C], got shape ",
+  PD_CHECK_VALUE(features.dim() == 2, "gather_edges: features must be [M, C], got shape ",
                     features.sizes());
   check_indices(features, idx, centre, "gather_edges");
   check_range(idx, "idx", features.size(0), "gather_edges");
@@ -53,12 +54,12 @@ void check_forward_args(const at::Tensor& features, const at::Tensor& idx,
 
 void check_backward_args(const at::Tensor& grad, const at::Tensor& idx, const at::Tensor& centre,
                          int64_t num_rows) {
-  TORCH_CHECK_TYPE(is_supported_float(grad.scalar_type()),
+  PD_CHECK_TYPE(is_supported_float(grad.scalar_type()),
                    "gather_edges_backward: grad must be float32, float64, float16 or bfloat16, "
                    "got ", grad.scalar_type());
-  TORCH_CHECK_VALUE(num_rows >= 0, "gather_edges_backward: num_rows must be >= 0, got ", num_rows);
+  PD_CHECK_VALUE(num_rows >= 0, "gather_edges_backward: num_rows must be >= 0, got ", num_rows);
   check_indices(grad, idx, centre, "gather_edges_backward");
-  TORCH_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == idx.size(0) && grad.size(1) % 2 == 0 &&
+  PD_CHECK_VALUE(grad.dim() == 3 && grad.size(0) == idx.size(0) && grad.size(1) % 2 == 0 &&
                         grad.size(2) == idx.size(1),
                     "gather_edges_backward: grad must be [Q, 2C, k] with [Q, k] = idx.shape = ",
                     idx.sizes(), ", got shape ", grad.sizes());

@@ -20,7 +20,8 @@
 //   the neighbours j ascending and then the centre's row sum (j ascending); threads own disjoint
 //   channel ranges, so the order does not depend on the thread count.
 //   CUDA: atomic adds, so the summation order (and the last bits) may vary between runs.
-// Errors: TypeError for dtypes, ValueError for shapes, devices and out-of-range rows.
+// Errors: ValueError (std::invalid_argument, common/check.h) for dtypes, shapes, devices and
+// out-of-range rows; the Python wrapper raises TypeError for dtypes before calling.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -12,6 +12,7 @@
 #include <numeric>
 #include <vector>
 
+#include "common/check.h"
 #include "iou3d/iou3d.h"
 #include "iou3d/iou3d_geometry.h"
 
@@ -70,7 +71,7 @@ at::Tensor nms_bev_cpu(const at::Tensor& boxes_in, const at::Tensor& scores_in,
   const int64_t max_keep = nms_max_keep(n_all, post_max_size);
   const float* s = scores.data_ptr<float>();
   // A NaN score would break the sort's strict weak ordering.
-  TORCH_CHECK_VALUE(std::none_of(s, s + n_all, [](float v) { return std::isnan(v); }),
+  PD_CHECK_VALUE(std::none_of(s, s + n_all, [](float v) { return std::isnan(v); }),
                     "scores must not contain NaN");
   std::vector<int64_t> order(n_all);
   std::iota(order.begin(), order.end(), 0);

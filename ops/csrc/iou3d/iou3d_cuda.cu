@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "common/check.h"
 #include "iou3d/iou3d.h"
 #include "iou3d/iou3d_geometry.h"
 
@@ -109,7 +110,7 @@ at::Tensor nms_bev_cuda(const at::Tensor& boxes_in, const at::Tensor& scores_in,
       std::get<1>(scores_in.sort(/*stable=*/true, /*dim=*/0, /*descending=*/true)).narrow(0, 0, n);
   const at::Tensor sorted = boxes_in.index_select(0, order).contiguous();
   const int64_t col_blocks = (n + kNmsBlock - 1) / kNmsBlock;
-  TORCH_CHECK_VALUE(col_blocks <= 65535, "nms_bev on CUDA takes at most ", 65535 * kNmsBlock,
+  PD_CHECK_VALUE(col_blocks <= 65535, "nms_bev on CUDA takes at most ", 65535 * kNmsBlock,
                     " candidate boxes, got ", n, "; set pre_max_size");
   at::Tensor mask = at::empty({n, col_blocks}, long_opts);
   const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(col_blocks));

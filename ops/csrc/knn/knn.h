@@ -64,7 +64,8 @@ struct KnnLayout {
 };
 
 // Validates every argument (shapes, dtypes, devices, offsets, k against each sample's ref count,
-// finiteness) and returns the layout. Errors: TypeError for dtypes, ValueError otherwise.
+// finiteness) and returns the layout. Errors: ValueError (common/check.h); the Python wrapper
+// raises TypeError for dtypes before calling.
 KnnLayout check_knn_args(const at::Tensor& query, const at::Tensor& ref, int64_t k,
                          const c10::optional<at::Tensor>& query_offsets,
                          const c10::optional<at::Tensor>& ref_offsets);

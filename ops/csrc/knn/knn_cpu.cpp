@@ -10,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "common/check.h"
 #include "knn/knn.h"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -194,7 +195,7 @@ class KdTree {
 template <int D>
 void knn_kdtree_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
                        int64_t ref_base, int64_t k, int64_t* out_idx, float* out_d) {
-  TORCH_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max(),
+  PD_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max(),
                     "knn: a sample may hold at most 2^31 - 2 reference rows, got ", nr);
   const KdTree<D> tree(ref, nr);
   at::parallel_for(0, nq, 64, [&](int64_t q0, int64_t q1) {
@@ -1015,7 +1016,7 @@ void knn_tiled_sample(const float* query, int64_t nq, const float* ref, int64_t 
 
 void knn_brute_sample(const float* query, int64_t nq, const float* ref, int64_t nr,
                       int64_t ref_base, int64_t C, int64_t k, int64_t* out_idx, float* out_d) {
-  TORCH_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max() &&
+  PD_CHECK_VALUE(nr < std::numeric_limits<int32_t>::max() &&
                         nq < std::numeric_limits<int32_t>::max(),
                     "knn: a sample may hold at most 2^31 - 2 query and reference rows, got ", nq,
                     " and ", nr);

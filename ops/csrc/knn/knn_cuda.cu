@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "common/check.h"
 #include "knn/knn.h"
 
 namespace pointdistiller {
@@ -215,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> knn_cuda(const at::Tensor& query, const at::T
     roff_p = roff.data_ptr<int64_t>();
   }
   const int64_t blocks = (Q + kWarps - 1) / kWarps;
-  TORCH_CHECK_VALUE(blocks <= INT32_MAX, "knn: too many queries for one launch (", Q, ")");
+  PD_CHECK_VALUE(blocks <= INT32_MAX, "knn: too many queries for one launch (", Q, ")");
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (k <= kSharedListMax) {
     const size_t shared = static_cast<size_t>(kWarps) * k * (sizeof(int64_t) + sizeof(float));

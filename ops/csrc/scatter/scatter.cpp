@@ -1,5 +1,6 @@
 // Schema of pointdistiller::scatter_reduce and the argument checks shared by the CPU and CUDA
 // kernels. The contract is in scatter.h.
+#include "common/check.h"
 #include "scatter/scatter.h"
 
 #include <ATen/ATen.h>
@@ -10,29 +11,29 @@ namespace scatter {
 
 Reduce check_args(const at::Tensor& features, const at::Tensor& index, int64_t num_segments,
                   c10::string_view reduce) {
-  TORCH_CHECK_TYPE(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble,
+  PD_CHECK_TYPE(features.scalar_type() == at::kFloat || features.scalar_type() == at::kDouble,
                    "scatter_reduce: features must be float32 or float64, got ",
                    features.scalar_type());
-  TORCH_CHECK_VALUE(features.dim() == 2, "scatter_reduce: features must have shape [N, C], got ",
+  PD_CHECK_VALUE(features.dim() == 2, "scatter_reduce: features must have shape [N, C], got ",
                     features.sizes());
-  TORCH_CHECK_TYPE(index.scalar_type() == at::kLong, "scatter_reduce: index must be int64, got ",
+  PD_CHECK_TYPE(index.scalar_type() == at::kLong, "scatter_reduce: index must be int64, got ",
                    index.scalar_type());
-  TORCH_CHECK_VALUE(index.dim() == 1 && index.size(0) == features.size(0),
+  PD_CHECK_VALUE(index.dim() == 1 && index.size(0) == features.size(0),
                     "scatter_reduce: index must have shape [N] = [", features.size(0),
                     "] (one entry per row of features), got ", index.sizes());
-  TORCH_CHECK_VALUE(index.device() == features.device(),
+  PD_CHECK_VALUE(index.device() == features.device(),
                     "scatter_reduce: index must be on the device of features (", features.device(),
                     "), got ", index.device());
-  TORCH_CHECK_VALUE(num_segments >= 0, "scatter_reduce: num_segments must be >= 0, got ",
+  PD_CHECK_VALUE(num_segments >= 0, "scatter_reduce: num_segments must be >= 0, got ",
                     num_segments);
   if (reduce == "mean") return Reduce::kMean;
   if (reduce == "max") return Reduce::kMax;
-  TORCH_CHECK_VALUE(false, "scatter_reduce: reduce must be 'mean' or 'max', got '",
+  PD_CHECK_VALUE(false, "scatter_reduce: reduce must be 'mean' or 'max', got '",
                     std::string(reduce), "'");
 }
 
 void throw_bad_index(int64_t position, int64_t value, int64_t num_segments) {
-  TORCH_CHECK_VALUE(false, "scatter_reduce: index[", position, "] = ", value,
+  PD_CHECK_VALUE(false, "scatter_reduce: index[", position, "] = ", value,
                     " is outside [-1, num_segments) = [-1, ", num_segments, ")");
 }
 
