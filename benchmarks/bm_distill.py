@@ -201,7 +201,7 @@ def _worker_b(mode: str, repeats: int, warmup: int, device_name: str) -> dict:
     from pointdistiller.distill.local import LocalDistillation
 
     small = torch.randn(300, 8, device=device)
-    LocalDistillation(8, 8, num_nodes=50, k=8)(small, small, small[:, 0],
+    LocalDistillation(8, 8, num_nodes=50, k=8).to(device)(small, small, small[:, 0],
                                                torch.tensor([0, 300], device=device))
 
     def run():
