@@ -8,7 +8,7 @@ folder. Missing files are reported in one error that lists the ids on each side.
 """
 import argparse
 
-from pointdistiller.utils.fileio import atomic_write_json
+from pointdistiller.utils.fileio import atomic_write_json, check_writable_file
 
 from .evaluation import evaluate_dirs
 from .io import read_ids
@@ -36,6 +36,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Evaluates, prints the summary and writes the JSON atomically when asked; returns 0."""
+    if args.json:
+        check_writable_file(args.json, "--json")
     ids = read_ids(args.ids) if args.ids else None
     result = evaluate_dirs(args.gt, args.det, ids=ids, allow_missing=args.allow_missing)
     print(result.summary(), end="")

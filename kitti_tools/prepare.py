@@ -35,6 +35,7 @@ Safety: every frame is read and checked before anything is written; a bad file r
 replaced atomically; the GT database is built in a staging folder and swapped in. A rerun reuses
 frames whose input files kept their size and mtime and rewrites nothing when all are unchanged.
 """
+import glob
 import hashlib
 import json
 import os
@@ -45,7 +46,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pointdistiller.utils.fileio import atomic_write_text
+from pointdistiller.utils.fileio import atomic_write_text, check_writable_dir
 
 from . import io as kio
 from .errors import KittiFormatError
@@ -320,27 +321,35 @@ def prepare_kitti(root: str, out: Optional[str] = None, splits: Sequence[str] = 
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = os.path.abspath(root)
+    out_given = out is not None
     out = os.path.abspath(out or root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"KITTI root {root} is not a folder")
+    if not os.path.isdir(os.path.join(root, "ImageSets")):
+        raise FileNotFoundError(f"{os.path.join(root, 'ImageSets')} not found: prepare needs "
+                                f"ImageSets/<split>.txt files listing each split's frame ids")
+    check_writable_dir(out, "--out" if out_given else "KITTI root (the output folder)")
+    _remove_stale_staging(out)
 
     # Which splits, which frames.
     plan: Dict[str, Tuple[str, List[str]]] = {}
+    skipped = []
     for split in dict.fromkeys(splits):
         ids_path = os.path.join(root, "ImageSets", f"{split}.txt")
         split_dir = "testing" if split == "test" else "training"
         if not os.path.isfile(ids_path):
-            log(f"prepare: skipping split {split!r}: {ids_path} not found")
+            skipped.append(f"split {split!r}: {ids_path} not found")
             continue
         if not os.path.isdir(os.path.join(root, split_dir)):
-            log(f"prepare: skipping split {split!r}: {os.path.join(root, split_dir)} not found")
+            skipped.append(f"split {split!r}: {os.path.join(root, split_dir)} not found")
             continue
         ids = kio.read_ids(ids_path)
         _check_ids(ids, ids_path)
         plan[split] = (split_dir, ids)
     if not plan:
-        log("prepare: no split to prepare")
-        return {}
+        raise FileNotFoundError("no split to prepare: " + "; ".join(skipped))
+    for reason in skipped:
+        log(f"prepare: skipping {reason}")
 
     # Frames whose inputs are unchanged since an existing info file was written are reused.
     options = {"velodyne": velodyne}
@@ -443,6 +452,13 @@ def _db_files_present(out: str, dbinfos: dict) -> bool:
             if not os.path.isfile(os.path.join(out, entry.get("path", ""))):
                 return False
     return True
+
+
+def _remove_stale_staging(out: str) -> None:
+    """Removes the staging folders of GT databases that a killed prepare left in ``out``."""
+    for stale in glob.glob(os.path.join(glob.escape(out), f".{DB_FOLDER}.staging-*")):
+        if os.path.isdir(stale):
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _swap_database(out: str, staging: str) -> None:

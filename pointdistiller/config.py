@@ -105,7 +105,7 @@ def _validate_head(value: Any, key: str, where: Where) -> Optional[Dict[str, Any
     if missing:
         raise ConfigError(f"{where(key)}: missing required key(s) "
                           f"{', '.join(f'{key}.{k}' for k in missing)}")
-    return value
+    return _plain(value)
 
 
 @dataclass
@@ -130,7 +130,35 @@ class Config:
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """Safe YAML loader that rejects duplicate keys and reads ``1e-3`` as a float."""
+    """Safe YAML loader that rejects duplicate keys, reads ``1e-3`` as a float and remembers how each
+    number was written (a string field given ``0123`` or ``1e5`` keeps the text the user typed)."""
+
+
+class _Int(int):
+    """A YAML integer and the text it was read from."""
+
+    text: str
+
+
+class _Float(float):
+    """A YAML float and the text it was read from."""
+
+    text: str
+
+
+def _with_text(kind, construct):
+    def constructor(loader, node):
+        value = kind(construct(loader, node))
+        value.text = node.value
+        return value
+
+    return constructor
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:int",
+                              _with_text(_Int, yaml.SafeLoader.construct_yaml_int))
+_StrictLoader.add_constructor("tag:yaml.org,2002:float",
+                              _with_text(_Float, yaml.SafeLoader.construct_yaml_float))
 
 
 _StrictLoader.add_implicit_resolver(
@@ -288,6 +316,19 @@ def add_set_argument(parser) -> None:
                              "(VALUE is parsed as YAML; repeatable)")
 
 
+def _plain(value: Any) -> Any:
+    """``value`` with the loader's number types (:class:`_Int`, :class:`_Float`) made plain."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, _Int):
+        return int(value)
+    if isinstance(value, _Float):
+        return float(value)
+    return value
+
+
 def config_to_dict(cfg: Any) -> Any:
     """A plain, YAML-dumpable copy of a validated config (dataclasses -> dicts, tuples -> lists)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
@@ -296,7 +337,7 @@ def config_to_dict(cfg: Any) -> Any:
         return {k: config_to_dict(v) for k, v in cfg.items()}
     if isinstance(cfg, (list, tuple)):
         return [config_to_dict(v) for v in cfg]
-    return cfg
+    return _plain(cfg)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -359,7 +400,7 @@ def _from_mapping(cls: type, value: Any, key: str, where: Where) -> Any:
 def _convert(value: Any, tp: Any, key: str, where: Where) -> Any:
     """``value`` checked against type hint ``tp`` (lists become tuples for ``Tuple`` hints)."""
     if tp is None or tp is Any or tp is inspect.Parameter.empty:
-        return value
+        return _plain(value)
 
     def fail():
         raise ConfigError(f"{where(key)}: '{key}' must be {_describe(tp)}, got {_kind(value)}")
@@ -368,9 +409,10 @@ def _convert(value: Any, tp: Any, key: str, where: Where) -> Any:
     if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
         if value is None and type(None) in args:
             return None
-        for a in args:
-            if a is type(None):
-                continue
+        alternatives = [a for a in args if a is not type(None)]
+        if len(alternatives) == 1:   # Optional[X]: X's own error names the key that is wrong
+            return _convert(value, alternatives[0], key, where)
+        for a in alternatives:
             try:
                 return _convert(value, a, key, where)
             except ConfigError:
@@ -387,12 +429,14 @@ def _convert(value: Any, tp: Any, key: str, where: Where) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             fail()
-        return value
+        return int(value)
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             fail()
         return float(value)
     if tp is str:
+        if isinstance(value, (_Int, _Float)):
+            return value.text     # e.g. a sha256 of digits only, or a name like 1e5
         if not isinstance(value, str):
             fail()
         return value

@@ -1,6 +1,7 @@
-"""Shared test fixtures: the real KITTI sample frames, one torch thread, and the CUDA / spconv skip
-rules."""
+"""Shared test fixtures: the real KITTI sample frames, one torch thread, small file systems (full,
+read-only), and the CUDA / spconv skip rules."""
 import os
+import subprocess
 
 import pytest
 import torch
@@ -49,3 +50,29 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``mount(size_kib, readonly=False) -> folder``: a tmpfs of that size (read-only if asked), for
+    the full-disk and read-only-file-system cases. Needs root to mount; for a read-only folder a
+    non-root user gets a chmod 555 folder instead (root would write through that)."""
+    mounted = []
+
+    def mount(size_kib: int, readonly: bool = False) -> str:
+        folder = tmp_path / f"fs{len(mounted)}"
+        folder.mkdir()
+        opts = f"size={size_kib}k" + (",ro" if readonly else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(folder)],
+                              capture_output=True, text=True)
+        if proc.returncode == 0:
+            mounted.append(str(folder))
+            return str(folder)
+        if readonly and os.geteuid() != 0:
+            folder.chmod(0o555)
+            return str(folder)
+        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip()}); run the tests as root")
+
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", folder], capture_output=True)

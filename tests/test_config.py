@@ -162,3 +162,33 @@ def test_dict_round_trip(pair, tmp_path):
     cfg = load_config(child)
     path = _write(tmp_path, "dump.yaml", yaml.safe_dump(config_to_dict(cfg)))
     assert load_config(path) == cfg
+
+
+KD_CONFIG = os.path.join(REPO, "configs", "demo", "pointpillars_student_4x_kd.yaml")
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.learnig_rate=0.1", "train.learnig_rate"),
+    ("train.epochs=many", "train.epochs"),
+    ("data.augment.flip_x_prob=often", "data.augment.flip_x_prob"),
+    ("data.synthetic_framez=4", "data.synthetic_framez"),
+    ("teacher.confg=x.yaml", "teacher.confg"),
+    ("distill.teacher_mod=train", "distill.teacher_mod"),
+    ("distill.local=[{featur: pfn}]", "distill.local[0].featur"),
+    ("distill.local=[{feature: pfn, k: ten}]", "distill.local[0].k"),
+])
+def test_every_optional_section_names_the_wrong_key(override, key):
+    """An error inside an optional section names the key and the --set, not the whole section."""
+    with pytest.raises(ConfigError) as info:
+        load_config(KD_CONFIG, [override])
+    message = str(info.value)
+    assert f"'{key}'" in message and f"--set {override}" in message, message
+    assert "Optional" not in message and "got dict" not in message, message
+
+
+def test_string_fields_keep_the_text_typed():
+    zeros = "0" * 64
+    cfg = load_config(KD_CONFIG, [f"teacher.sha256={zeros}", "teacher.config=1e5"])
+    assert cfg.teacher.sha256 == zeros and cfg.teacher.config == "1e5"
+    # numbers elsewhere stay numbers, and the resolved config holds plain ones
+    assert config_to_dict(cfg)["train"]["lr"] == 0.001 and type(cfg.train.epochs) is int

@@ -1,9 +1,15 @@
 """SECOND's sparse 3D convolutional encoder (spconv), ending in a dense BEV map."""
+import warnings
 from typing import List, Sequence, Tuple
 
-import spconv.pytorch as spconv
 import torch
 from torch import Tensor, nn
+
+with warnings.catch_warnings():
+    # spconv 2.3 decorates its functions with torch.cuda.amp.custom_fwd/bwd, deprecated since torch
+    # 2.4: 16 lines of FutureWarning at import that say nothing about this program
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
+    import spconv.pytorch as spconv
 
 from ..spconv_utils import ALGOS, algo_for_device, patch_spconv_cpu_stream, set_conv_algo
 

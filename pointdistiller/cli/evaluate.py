@@ -9,7 +9,7 @@ summary; ``--json`` writes the APs in the format of ``kitti-tools eval --json``.
 import argparse
 import os
 import sys
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from pointdistiller.config import ConfigError, add_set_argument, load_config
 
@@ -28,40 +28,59 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def evaluate_checkpoint(config: str, checkpoint: str, overrides: Sequence[str] = (),
+                        data_root: Optional[str] = None, split: Optional[str] = None,
+                        out: Optional[str] = None, device: Optional[str] = None, log=print):
+    """Evaluates the detector of ``config`` with the weights of ``checkpoint`` on a split of its
+    dataset (the built-in synthetic scenes when it has no root); writes KITTI result files to ``out``.
+
+    Returns ``(kitti-tools eval JSON dict, summary text, result folder)``.
+    """
+    from pointdistiller.detectors.build import build_detector
+    from pointdistiller.engine.checkpoint import load_checkpoint, load_model_weights
+    from pointdistiller.engine.sections import DataConfig, TrainConfig
+    from pointdistiller.engine.trainer import (RunError, build_loader, evaluate_detector,
+                                               resolve_dataset_root, resolve_device)
+    from pointdistiller.utils.fileio import check_writable_dir
+
+    cfg = load_config(config, overrides)
+    if cfg.model is None:
+        raise RunError(f"{config}: no model section")
+    data = cfg.data or DataConfig()
+    if data_root:
+        data.root = data_root
+    train = cfg.train or TrainConfig()
+    split = split or data.val_split
+    dev = resolve_device(device)
+    out = out or os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"eval_{split}")
+    check_writable_dir(out, "--out")
+    model = build_detector(cfg.model)
+    load_model_weights(model, load_checkpoint(checkpoint), checkpoint)
+    model.to(dev)
+    root = resolve_dataset_root(data, log)
+    loader, dataset = build_loader(root, data, cfg.model, train, split, training=False)
+    metrics, summary = evaluate_detector(model, loader, dataset, out, dev)
+    return metrics, summary, out
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
-
-    from pointdistiller.detectors.build import build_detector
-    from pointdistiller.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights
-    from pointdistiller.engine.sections import DataConfig, TrainConfig
-    from pointdistiller.engine.trainer import RunError, build_loader, evaluate_detector, resolve_dataset_root
+    from pointdistiller.engine.checkpoint import CheckpointError
+    from pointdistiller.engine.trainer import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
-    from pointdistiller.utils.fileio import atomic_write_json
+    from pointdistiller.utils.fileio import OutputError, atomic_write_json, check_writable_file
 
     try:
-        cfg = load_config(args.config, args.set)
-        if cfg.model is None:
-            raise RunError(f"{args.config}: no model section")
-        data = cfg.data or DataConfig()
-        if args.data:
-            data.root = args.data
-        train = cfg.train or TrainConfig()
-        split = args.split or data.val_split
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = build_detector(cfg.model)
-        load_model_weights(model, load_checkpoint(args.checkpoint), args.checkpoint)
-        model.to(device)
-        root = resolve_dataset_root(data)
-        loader, dataset = build_loader(root, data, cfg.model, train, split, training=False)
-        out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.checkpoint)), f"eval_{split}")
-        metrics, summary = evaluate_detector(model, loader, dataset, out, device)
+        if args.json:
+            check_writable_file(args.json, "--json")
+        metrics, summary, out = evaluate_checkpoint(args.config, args.checkpoint, args.set, args.data,
+                                                    args.split, args.out, args.device)
         print(summary)
         print(f"result files: {out}")
         if args.json:
             atomic_write_json(args.json, metrics)
         return 0
-    except (ConfigError, RunError, CheckpointError, KittiFormatError) as exc:
+    except (ConfigError, RunError, CheckpointError, KittiFormatError, OutputError) as exc:
         print(f"pd-eval: error: {exc}", file=sys.stderr)
         return 2
 

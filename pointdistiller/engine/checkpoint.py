@@ -4,10 +4,17 @@ A training checkpoint holds everything needed to continue bit-for-bit on CPU: th
 weights, the distillation modules' weights, optimizer state, the iteration counter and every RNG
 state. It never holds the teacher. ``latest.pt`` is rewritten atomically, so a run killed at any
 moment leaves either the previous or the new checkpoint, never a torn file.
+
+Loading never runs code from the file: every checkpoint is read with ``torch.load(weights_only=True)``,
+which accepts tensors and plain Python values only. Format 2 stores the RNG states as such values;
+format 1 (earlier versions) stored numpy's RNG state as a numpy array, which is read through an
+allow-list of numpy's array constructors alone.
 """
 import hashlib
 import os
+import pickle
 import random
+import zipfile
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -16,7 +23,11 @@ from torch import nn
 
 from pointdistiller.utils.fileio import atomic_torch_save
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
+# What a format-1 checkpoint needs beyond tensors and plain values: numpy's RNG key array.
+_LEGACY_NUMPY_GLOBALS = (np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                         np.dtypes.UInt32DType)
 
 
 class CheckpointError(ValueError):
@@ -33,13 +44,21 @@ def sha256_file(path: str, chunk: int = 1 << 20) -> str:
 
 
 def rng_state() -> Dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+    """Every RNG state as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"bit_generator": str(name), "key": torch.from_numpy(key.astype(np.int64)),
+                      "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "python": random.getstate()}
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        numpy_state = (numpy_state["bit_generator"], numpy_state["key"].numpy().astype(np.uint32),
+                       numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"])
+    np.random.set_state(numpy_state)
     random.setstate(state["python"])
 
 
@@ -65,17 +84,38 @@ def save_training_state(path: str, *, model: nn.Module, optimizer: torch.optim.O
 
 
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Reads a checkpoint written by :func:`save_training_state`; clear errors for missing, corrupt or
-    foreign files."""
+    """Reads a checkpoint (training state, final weights or fp16 weights) without running code from
+    it; clear errors for missing, corrupt, unsafe or foreign files."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: checkpoint not found")
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a readable checkpoint (not a torch.save zip archive)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(list(_LEGACY_NUMPY_GLOBALS)):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines()
+                       if "GLOBAL" in line or "Unsupported" in line), "")
+        raise CheckpointError(
+            f"{path}: refused: loading it would run code or build objects that a pointdistiller "
+            f"checkpoint never holds (tensors and plain values only){': ' + detail if detail else ''}. "
+            f"Nothing was executed. Load it with torch.load(weights_only=False) only if you trust "
+            f"its source, and save its state_dict again.") from None
     except Exception as exc:  # torch raises several types for truncated/corrupt zip files
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT_VERSION or "model" not in state:
-        raise CheckpointError(f"{path}: not a pointdistiller checkpoint (format {FORMAT_VERSION})")
+    if not isinstance(state, dict) or state.get("format") not in READABLE_FORMATS or "model" not in state:
+        raise CheckpointError(f"{path}: not a pointdistiller checkpoint (formats "
+                              f"{', '.join(map(str, READABLE_FORMATS))})")
     return state
+
+
+def save_half_weights(src: str, dst: str) -> None:
+    """Writes the model weights of checkpoint ``src`` with floating tensors in float16 to ``dst``
+    (atomically): a teacher to ship, half the size; loading casts them back to the model's dtype."""
+    state = load_checkpoint(src)
+    weights = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+    atomic_torch_save({"format": FORMAT_VERSION, "model": weights,
+                       "model_config": state.get("model_config"), "precision": "float16"}, dst)
 
 
 def load_model_weights(model: nn.Module, state: Dict[str, Any], path: str, what: str = "model") -> None:

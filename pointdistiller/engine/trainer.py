@@ -34,11 +34,13 @@ from pointdistiller.data.batch import CLASS_NAMES
 from pointdistiller.data.collate import VoxelCollator
 from pointdistiller.data.kitti_dataset import KittiDataset, _worker_init
 from pointdistiller.detectors.build import build_detector, voxelization_settings
-from pointdistiller.utils.fileio import atomic_open, atomic_torch_save, atomic_write_json
+from pointdistiller.utils.fileio import (append_line, atomic_open, atomic_torch_save,
+                                        atomic_write_json, check_writable_dir,
+                                        remove_stale_temporaries)
 
 from . import dist
-from .checkpoint import (CheckpointError, load_checkpoint, load_model_weights, save_training_state,
-                         set_rng_state, sha256_file)
+from .checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_model_weights,
+                         save_training_state, set_rng_state, sha256_file)
 from .schedule import OneCycle
 from .sections import DataConfig, TrainConfig
 
@@ -166,6 +168,24 @@ class DetectionObjective(nn.Module):
         return self.student.loss(batch, self.student(batch)), {}
 
 
+def teacher_checkpoint(cfg: Config, config_path: str, checkpoint: Optional[str] = None) -> str:
+    """The teacher's weights file: ``checkpoint`` (``--teacher``) or ``teacher.checkpoint`` (relative
+    to the config's folder), checked to exist and, when ``teacher.sha256`` is set, to hash to it."""
+    ckpt = checkpoint or (cfg.teacher.checkpoint if cfg.teacher else None)
+    if not ckpt:
+        raise RunError("no teacher checkpoint: set teacher.checkpoint or pass --teacher CKPT")
+    if not os.path.isabs(ckpt) and checkpoint is None:
+        ckpt = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), ckpt))
+    if not os.path.isfile(ckpt):
+        raise RunError(f"teacher checkpoint {ckpt} not found")
+    if cfg.teacher and cfg.teacher.sha256:
+        digest = sha256_file(ckpt)
+        if digest != cfg.teacher.sha256.lower():
+            raise RunError(f"teacher checkpoint {ckpt}: sha256 {digest} does not match "
+                           f"teacher.sha256 {cfg.teacher.sha256}")
+    return ckpt
+
+
 def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], device) -> Tuple[nn.Module, Dict]:
     """Builds the teacher from ``teacher.config`` and loads its verified checkpoint."""
     if cfg.teacher is None or not cfg.teacher.config:
@@ -177,18 +197,7 @@ def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], devic
         raise RunError(f"teacher.config: {exc}") from None
     if t_cfg.model is None:
         raise RunError(f"teacher.config: {t_path} has no model section")
-    ckpt = checkpoint or cfg.teacher.checkpoint
-    if not ckpt:
-        raise RunError("no teacher checkpoint: set teacher.checkpoint or pass --teacher CKPT")
-    if not os.path.isabs(ckpt) and checkpoint is None:
-        ckpt = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), ckpt))
-    if not os.path.isfile(ckpt):
-        raise RunError(f"teacher checkpoint {ckpt} not found")
-    if cfg.teacher.sha256:
-        digest = sha256_file(ckpt)
-        if digest != cfg.teacher.sha256.lower():
-            raise RunError(f"teacher checkpoint {ckpt}: sha256 {digest} does not match "
-                           f"teacher.sha256 {cfg.teacher.sha256}")
+    ckpt = teacher_checkpoint(cfg, config_path, checkpoint)
     teacher = build_detector(t_cfg.model)
     try:
         state = load_checkpoint(ckpt)
@@ -231,12 +240,27 @@ class RunResult:
     seconds: float
 
 
-def _device(name: Optional[str]) -> torch.device:
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device("cpu")
+def resolve_device(name: Optional[str]) -> torch.device:
+    """``name`` (``cpu``, ``cuda``, ``cuda:N``) checked against this machine; default CUDA when
+    available (``LOCAL_RANK``'s GPU under torchrun), else CPU."""
+    if not name:
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RunError(f"--device {name}: not a device name (cpu, cuda or cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is a CPU build" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise RunError(f"--device {name}: {why} (torch {torch.__version__}); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RunError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise RunError(f"--device {name}: only cpu and cuda are supported")
+    return device
 
 
 def _check_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
@@ -260,10 +284,13 @@ def _check_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
 
 
 def _create_work_dir(work_dir: str, resolved: Dict) -> None:
-    """Creates the work dir and writes the resolved config (rank 0), once every check has passed."""
+    """Creates the work dir and writes the resolved config (rank 0), once every check has passed;
+    removes the temporary files of atomic writes that a killed run left behind."""
     cfg_path = os.path.join(work_dir, "config.yaml")
     if dist.is_main():
         os.makedirs(os.path.join(work_dir, "checkpoints"), exist_ok=True)
+        for folder in (work_dir, os.path.join(work_dir, "checkpoints")):
+            remove_stale_temporaries(folder)
         if not os.path.isfile(cfg_path):
             with atomic_open(cfg_path, "w", encoding="utf-8") as f:
                 yaml.safe_dump(resolved, f, sort_keys=False)
@@ -292,7 +319,7 @@ class Trainer:
         self.train_cfg = cfg.train or TrainConfig()
         self.work_dir = os.path.abspath(work_dir)
         self.resume, self.log, self.progress = resume, log, progress
-        self.device = _device(device)
+        self.device = resolve_device(device)
         self.distributed = dist.init_from_env(self.device.type)
         self.resolved = config_to_dict(cfg)
         self.teacher_checkpoint = teacher_checkpoint
@@ -303,6 +330,7 @@ class Trainer:
         torch.manual_seed(t.seed)
         np.random.seed(t.seed % (2 ** 32))
         _check_work_dir(self.work_dir, self.resolved, self.resume)
+        check_writable_dir(self.work_dir, "work dir")
         self.root = resolve_dataset_root(self.data, self.log)
         self.train_loader, self.train_set = build_loader(self.root, self.data, self.cfg.model, t,
                                                          self.data.train_split, training=True)
@@ -397,7 +425,7 @@ class Trainer:
     def _save_final(self) -> str:
         path = os.path.join(self.work_dir, "model_final.pt")
         if dist.is_main():
-            atomic_torch_save({"format": 1, "model": self.student.state_dict(),
+            atomic_torch_save({"format": FORMAT_VERSION, "model": self.student.state_dict(),
                                "model_config": self.cfg.model}, path)
         return path
 
@@ -438,8 +466,7 @@ class Trainer:
                               "lr": self.optimizer.param_groups[0]["lr"],
                               **{k: float(v) for k, v in losses.items()}, **stats}
                     if dist.is_main():
-                        with open(log_path, "a", encoding="utf-8") as f:
-                            f.write(json.dumps(record) + "\n")
+                        append_line(log_path, json.dumps(record))
                         for k, v in record.items():
                             if k not in ("step", "epoch", "seconds"):
                                 writer.add_scalar(f"train/{k}", v, self.iteration)
@@ -515,8 +542,8 @@ class Trainer:
         metrics, summary = evaluate_detector(self.student, loader, dataset, out_dir, self.device)
         atomic_write_json(os.path.join(self.work_dir, "eval.json"), metrics)
         self.log(summary)
-        with open(os.path.join(self.work_dir, "log.jsonl"), "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": self.iteration, "eval": metrics}) + "\n")
+        append_line(os.path.join(self.work_dir, "log.jsonl"),
+                    json.dumps({"step": self.iteration, "eval": metrics}))
         if writer is not None:
             for cls in CLASS_NAMES:
                 for metric in ("3d", "bev"):
@@ -555,6 +582,20 @@ def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: KittiDatase
     model.train(was)
     result = evaluate(gt_annos, dt_annos, CLASS_NAMES)
     return result.to_json_dict(), result.summary()
+
+
+def moderate_map(metrics: Dict, metric: str = "bev") -> float:
+    """Mean over the classes of the moderate AP_R40 (strict overlaps); ``metric`` is "3d" or "bev"."""
+    return float(np.mean([metrics["strict"][c][metric]["R40"][1] for c in CLASS_NAMES]))
+
+
+def gap_closed(teacher: Dict, plain: Dict, distilled: Dict, metric: str = "bev") -> Optional[float]:
+    """The paper's "gap closed", ``(distilled - plain) / (teacher - plain)`` in moderate mAP; None
+    when the plain student is not behind the teacher."""
+    gap = moderate_map(teacher, metric) - moderate_map(plain, metric)
+    if gap <= 0:
+        return None
+    return (moderate_map(distilled, metric) - moderate_map(plain, metric)) / gap
 
 
 def moderate_table(rows: List[Tuple[str, Dict]]) -> str:

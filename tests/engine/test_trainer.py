@@ -10,58 +10,9 @@ import time
 import pytest
 import torch
 
-from pointdistiller.config import load_config
-from pointdistiller.engine.trainer import RunError, Trainer
+from pointdistiller.engine.trainer import RunError
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-PAPER_PP = os.path.join(REPO, "configs", "pointpillars", "teacher.yaml")
-
-# A tiny PointPillars on a 25.6 x 25.6 m field with 0.4 m pillars (64 x 64 grid), narrow widths.
-MODEL = """base: {base}
-model:
-  point_range: [0.0, -12.8, -3.0, 25.6, 12.8, 1.0]
-  voxel_size: [0.4, 0.4, 4.0]
-  max_voxels: [3000, 3000]
-  max_points_per_voxel: 16
-  pillar_channels: {p}
-  backbone_channels: [{p}, {b}, {b}]
-  neck_channels: {p}
-train: {{batch_size: 2, workers: 0, epochs: 2, repeat: 1, log_interval: 1, lr: 0.002, amp: false}}
-"""
-KD = """teacher: {{config: teacher.yaml}}
-distill:
-  local: [{{feature: pfn, num_nodes: 256, k: 8}}]
-"""
-
-
-@pytest.fixture(scope="module")
-def configs(tmp_path_factory):
-    d = tmp_path_factory.mktemp("configs")
-    (d / "teacher.yaml").write_text(MODEL.format(base=PAPER_PP, p=16, b=32))
-    (d / "student.yaml").write_text(MODEL.format(base=PAPER_PP, p=8, b=16))
-    (d / "student_kd.yaml").write_text(MODEL.format(base=PAPER_PP, p=8, b=16) + KD.format())
-    return d
-
-
-@pytest.fixture(scope="module")
-def synth_root(tmp_path_factory):
-    from pointdistiller.kitti_tools.prepare import prepare_kitti
-    from pointdistiller.kitti_tools.synth.dataset import generate_dataset
-
-    root = str(tmp_path_factory.mktemp("synth"))
-    generate_dataset(root, 6, seed=3, workers=1)
-    prepare_kitti(root, splits=("train", "val"), workers=1, progress=False, log=lambda *_: None)
-    return root
-
-
-def _train(tmp_path, root, configs, name="teacher.yaml", sub="run", extra=(), stop_at=None,
-           resume=False, teacher=None):
-    path = str(configs / name)
-    cfg = load_config(path, (f"data.root={root}",) + tuple(extra))
-    trainer = Trainer(cfg, path, str(tmp_path / sub), resume=resume, teacher_checkpoint=teacher,
-                      device="cpu", log=lambda *_: None, progress=False)
-    return trainer.run(stop_at=stop_at)
-
+from conftest import REPO, train as _train
 
 def test_training_run_writes_everything(tmp_path, synth_root, configs):
     result = _train(tmp_path, synth_root, configs, extra=("train.max_iters=3",))
@@ -97,8 +48,8 @@ def test_resume_gives_the_same_weights(tmp_path, synth_root, configs):
     assert not (tmp_path / "interrupted" / "model_final.pt").exists()
     resumed = _train(tmp_path, synth_root, configs, sub="interrupted", extra=extra, resume=True)
     assert resumed.iterations == straight.iterations
-    a = torch.load(straight.final_checkpoint, weights_only=False)["model"]
-    b = torch.load(resumed.final_checkpoint, weights_only=False)["model"]
+    a = torch.load(straight.final_checkpoint, weights_only=True)["model"]
+    b = torch.load(resumed.final_checkpoint, weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -127,9 +78,9 @@ def test_distillation_run(tmp_path, synth_root, configs, teacher_ckpt):
     logged = [s for s in steps if "kd" in s]
     assert len(logged) == 2 and all(s["kd"] > 0 for s in logged)
     assert all(s["local0_effective_weighted"] >= 1.0 for s in logged)
-    saved = torch.load(result.final_checkpoint, weights_only=False)["model"]
+    saved = torch.load(result.final_checkpoint, weights_only=True)["model"]
     student = _train(tmp_path, synth_root, configs, "student.yaml", "plain", ("train.max_iters=1",))
-    assert set(saved) == set(torch.load(student.final_checkpoint, weights_only=False)["model"])
+    assert set(saved) == set(torch.load(student.final_checkpoint, weights_only=True)["model"])
 
 
 def test_teacher_checks(tmp_path, synth_root, configs, teacher_ckpt):
@@ -142,7 +93,7 @@ def test_teacher_checks(tmp_path, synth_root, configs, teacher_ckpt):
     with pytest.raises(RunError, match="not found"):
         kd("b", teacher=str(tmp_path / "missing.pt"))
     other = tmp_path / "other.pt"          # weights of another architecture
-    state = torch.load(teacher_ckpt, weights_only=False)
+    state = torch.load(teacher_ckpt, weights_only=True)
     state["model"] = {k: v[..., :1] if v.dim() > 1 else v for k, v in state["model"].items()}
     torch.save(state, other)
     with pytest.raises(RunError, match="does not match its config"):

@@ -57,6 +57,20 @@ def test_cli_prints_the_summary_and_writes_json(dirs, tmp_path, capsys):
     assert data["strict"]["Cyclist"]["bev"] == {"R40": [0.0] * 3, "R11": [0.0] * 3}
 
 
+def test_unwritable_json_fails_before_the_summary(dirs, tmp_path, capsys, small_fs):
+    from pointdistiller.kitti_tools import cli
+
+    gt, det = dirs
+    (tmp_path / "file").write_text("x")
+    for target, reason in ((os.path.join(small_fs(64, readonly=True), "ap.json"), "read-only"),
+                           (str(tmp_path / "file" / "ap.json"), "is not a folder"),
+                           (str(tmp_path), "is a folder")):
+        assert cli.main(["eval", "--gt", gt, "--det", det, "--json", target]) == 2
+        out, err = capsys.readouterr()
+        assert out == "", "the summary must not be printed before the error"
+        assert err.count("\n") == 1 and "--json" in err and reason in err, err
+
+
 def test_ids_file_selects_frames(dirs, tmp_path):
     gt, det = dirs
     ids = tmp_path / "val.txt"

@@ -8,10 +8,12 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 
+from pointdistiller.kitti_tools import cli
 from pointdistiller.kitti_tools import io as kio
 from pointdistiller.kitti_tools import prepare_cli
 from pointdistiller.kitti_tools.errors import KittiFormatError
@@ -294,8 +296,41 @@ def test_cli(sample_copy, tmp_path):
     assert args.func(args) == 0
     assert sorted(os.listdir(tmp_path / "o")) == [
         "gt_database", "kitti_dbinfos_train.json", "kitti_infos_train.json", "kitti_infos_val.json"]
-    args = parser.parse_args(["prepare", "--root", sample_copy, "--splits", "nosuch"])
-    assert args.func(args) == 1
+
+
+def test_cli_errors_are_one_line_and_exit_2(sample_copy, tmp_path, capsys):
+    assert cli.main(["prepare", "--root", sample_copy, "--splits", "nosuch", "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "no split to prepare" in err
+    (tmp_path / "file").write_text("x")
+    assert cli.main(["prepare", "--root", sample_copy, "--out", str(tmp_path / "file" / "o"),
+                     "--no-progress"]) == 2
+    assert "--out" in capsys.readouterr().err
+    shutil.rmtree(os.path.join(sample_copy, "ImageSets"))
+    assert cli.main(["prepare", "--root", sample_copy, "--no-progress"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "ImageSets not found" in err
+
+
+def test_read_only_outputs(sample_copy, small_fs, capsys):
+    ro = small_fs(64, readonly=True)
+    assert cli.main(["prepare", "--root", sample_copy, "--out", ro, "--no-progress"]) == 2
+    assert "read-only" in capsys.readouterr().err
+    # the root itself as the output, on a file system mounted read-only after the copy
+    fs = small_fs(32 * 1024)
+    root = _copy_sample(sample_copy, os.path.join(fs, "kitti"))
+    proc = subprocess.run(["mount", "-o", "remount,ro", fs], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot remount read-only: {proc.stderr.strip()}")
+    assert cli.main(["prepare", "--root", root, "--no-progress"]) == 2
+    assert "KITTI root (the output folder)" in capsys.readouterr().err
+
+
+def test_stale_staging_folders_are_removed(sample_copy):
+    stale = os.path.join(sample_copy, ".gt_database.staging-abc123")
+    os.makedirs(os.path.join(stale, "x"))
+    _prepare(sample_copy, splits=["train"])
+    assert not os.path.exists(stale)
 
 
 def test_kitti_difficulty():
