@@ -18,6 +18,7 @@ class LocalTermConfig:
     knn_space: str = "teacher"
     selection: str = "per_sample"
     edge_mode: str = "factorized"
+    graph_init: str = "torch"        # "torch" | "authors" (bias-free conv, Kaiming fan-out init)
 
 
 @dataclass

@@ -87,7 +87,8 @@ class Distiller(nn.Module):
             self.local_terms.append(LocalDistillation(
                 c_t, c_s, num_nodes=term.num_nodes, k=term.k, tau=term.tau,
                 loss_weight=term.loss_weight, pool=term.pool, reweight=term.reweight,
-                knn_space=term.knn_space, selection=term.selection, edge_mode=term.edge_mode))
+                knn_space=term.knn_space, selection=term.selection, edge_mode=term.edge_mode,
+                graph_init=term.graph_init))
         self.fitnet_terms = nn.ModuleList(
             FitNet(*widths(t.feature, f"fitnet[{i}].feature"), loss_weight=t.loss_weight)
             for i, t in enumerate(config.fitnet))

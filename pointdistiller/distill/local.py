@@ -47,18 +47,28 @@ _CHUNK_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 24}
 CPU_KERNEL = True
 
 
+GRAPH_INITS = ("torch", "authors")
+
+
 class GraphLayer(nn.Module):
     """One dynamic-graph layer: 1x1 conv (2C -> C_out) + BatchNorm + ReLU over edge features.
 
     Args:
         in_channels: C, the width of the node features (the edge is 2C wide).
         out_channels: C_out.
+        init: ``"torch"``: a conv with bias and PyTorch's default initialisation; ``"authors"``:
+            the authors' layer, a bias-free conv (BatchNorm follows) with Kaiming-normal fan-out
+            initialisation for ReLU (mmcv's ``ConvModule`` default).
     """
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, init: str = "torch"):
         super().__init__()
+        if init not in GRAPH_INITS:
+            raise ValueError(f"distill: graph_init must be one of {GRAPH_INITS}, got {init!r}")
         self.in_channels = in_channels
-        self.conv = nn.Conv1d(2 * in_channels, out_channels, 1)
+        self.conv = nn.Conv1d(2 * in_channels, out_channels, 1, bias=init == "torch")
+        if init == "authors":
+            nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
         self.bn = nn.BatchNorm1d(out_channels)
 
     def project(self, features: Tensor, centre: Tensor) -> Tuple[Tensor, Tensor]:
@@ -68,7 +78,10 @@ class GraphLayer(nn.Module):
         c = self.in_channels
         weight = self.conv.weight[:, :, 0]                       # [C_out, 2C]
         proj_nbr = features @ weight[:, :c].t()
-        proj_ctr = torch.addmm(self.conv.bias, features[centre], weight[:, c:].t())
+        if self.conv.bias is None:
+            proj_ctr = features[centre] @ weight[:, c:].t()
+        else:
+            proj_ctr = torch.addmm(self.conv.bias, features[centre], weight[:, c:].t())
         return proj_nbr, proj_ctr
 
     def forward(self, features: Tensor, nbr: Tensor, centre: Tensor, edge_mode: str = "factorized") -> Tensor:
@@ -144,12 +157,13 @@ class LocalDistillation(nn.Module):
         selection: ``"per_sample"`` (default) or ``"pooled"`` (the authors' code: top-N and kNN over
             the whole batch together, so a neighbour may come from another scene).
         edge_mode: ``"factorized"`` (default) or ``"gather"``; identical values.
+        graph_init: ``"torch"`` or ``"authors"`` (see :class:`GraphLayer`).
     """
 
     def __init__(self, teacher_channels: int, student_channels: int, num_nodes: int = 6000,
                  k: int = 128, tau: float = 0.01, loss_weight: float = 2.0, pool: str = "none",
                  reweight: bool = True, knn_space: str = "teacher", selection: str = "per_sample",
-                 edge_mode: str = "factorized"):
+                 edge_mode: str = "factorized", graph_init: str = "torch"):
         super().__init__()
         for name, value, allowed in (("pool", pool, ("none", "max")),
                                      ("knn_space", knn_space, ("teacher", "coords")),
@@ -163,8 +177,8 @@ class LocalDistillation(nn.Module):
         self.num_nodes, self.k, self.tau, self.loss_weight = num_nodes, k, tau, loss_weight
         self.pool, self.reweight, self.knn_space = pool, reweight, knn_space
         self.selection, self.edge_mode = selection, edge_mode
-        self.teacher_graph = GraphLayer(teacher_channels, student_channels)
-        self.student_graph = GraphLayer(student_channels, student_channels)
+        self.teacher_graph = GraphLayer(teacher_channels, student_channels, graph_init)
+        self.student_graph = GraphLayer(student_channels, student_channels, graph_init)
 
     # ------------------------------------------------------------------------------------------
     def select(self, importance: Tensor, offsets: Tensor, space: Tensor) -> Selection:
