@@ -30,12 +30,17 @@ PAPER_PARAMS = {
     "configs/second/student_16x.yaml": 0.4e6,
     "configs/demo/pointpillars_teacher.yaml": 4.8e6,       # parameters do not depend on the grid
     "configs/demo/pointpillars_student_4x.yaml": 1.3e6,
+    "configs/demo/pointpillars_student_16x.yaml": 0.3e6,
+    "configs/demo/second_teacher.yaml": 5.3e6,             # nor on the voxel size
+    "configs/demo/second_student_4x.yaml": 1.4e6,
     # distillation configs: the same students (their model sections repeat the students' widths)
     "configs/pointpillars/student_4x_kd.yaml": 1.3e6,
     "configs/pointpillars/student_16x_kd.yaml": 0.3e6,
     "configs/second/student_4x_kd.yaml": 1.4e6,
     "configs/second/student_16x_kd.yaml": 0.4e6,
     "configs/demo/pointpillars_student_4x_kd.yaml": 1.3e6,
+    "configs/demo/pointpillars_student_16x_kd.yaml": 0.3e6,
+    "configs/demo/second_student_4x_kd.yaml": 1.4e6,
 }
 # The paper's count cannot be met by the widths of architectures.md, which are the widths of the
 # authors' released configs and reproduce the paper's GFLOPs (dense MACs) to within 1-4 %:
@@ -46,6 +51,7 @@ PAPER_MISMATCH = {
     "configs/second/student_4x.yaml", "configs/second/student_16x.yaml",
     "configs/pointpillars/student_4x_kd.yaml", "configs/demo/pointpillars_student_4x_kd.yaml",
     "configs/second/student_4x_kd.yaml", "configs/second/student_16x_kd.yaml",
+    "configs/demo/second_student_4x.yaml", "configs/demo/second_student_4x_kd.yaml",
 }
 # Small fields (x, y cells) with each config's voxel size: PointPillars 64 x 128 pillars, SECOND
 # 128 x 128 x 41 voxels.

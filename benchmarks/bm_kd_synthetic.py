@@ -1,0 +1,524 @@
+"""The distillation evidence: teachers, plain students and distilled students trained on the built-in
+synthetic scenes, and the comparison table of the README.
+
+    python benchmarks/bm_kd_synthetic.py [--stage teachers|ablation|table|all] [--only PATTERN]
+        [--seeds 0 1 2] [--work-root work_dirs/bm_kd] [--commit] [--report] [--dry-run]
+
+Stages (``all`` runs them in this order):
+
+- ``teachers``: trains the demo PointPillars and SECOND teachers (paper depth and widths) on the
+  480-scene synthetic dataset (240 train, 240 val), stores each as fp16 weights at the path its demo
+  student configs pin (``configs/demo/weights/``), and evaluates those fp16 weights: the students
+  distil from exactly what the repository ships.
+- ``ablation``: one seed of the PointPillars 4x variants of section 2 of the KD issue (tapped feature,
+  tau, reweighting, graph-layer initialisation, ...), rows in ``kd_ablation.jsonl``.
+- ``table``: every student method of :data:`METHODS` with every seed, rows in ``kd_synthetic.jsonl``.
+
+Every finished run appends one JSON row (config, overrides, seed, steps, wall minutes, every AP, the
+val curve) to its results file under ``benchmarks/results/``; a run whose row is there (same resolved
+config, same teacher weights) is skipped, and a run interrupted half way resumes from its work dir
+(``pd-train --resume``). ``--commit`` commits the results file after each row, so that a new machine
+resumes from git. ``--report`` prints the README table (3D and BEV mAP, moderate, AP_R40, mean +- std
+over seeds, the difference to the plain student with two standard errors, and the share of the
+teacher-student gap closed) and draws the val-curve PNG.
+
+Every run is a ``pd-train`` subprocess with the CPU defaults of this 2-core machine; its console
+output is in ``<work-root>/<run>.log``.
+"""
+import argparse
+import fnmatch
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO = os.path.join("configs", "demo")
+CLASSES = ("Car", "Pedestrian", "Cyclist")
+# --quick: the same stages on 16 scenes with 4 steps per run, everything written under --work-root
+# (what the tests run); the real teacher's sha256 pin does not apply to the quick teacher.
+QUICK_OVERRIDES = ("data.synthetic_frames=16", "train.max_iters=4", "train.workers=0",
+                   "train.log_interval=2")
+
+
+@dataclass
+class Layout:
+    """Where results go: the committed files under benchmarks/results/ and configs/demo/weights/,
+    or (``--quick``) the same names under the work root."""
+
+    root: str
+
+    @property
+    def table(self) -> str:
+        return os.path.join(self.root, "benchmarks", "results", "kd_synthetic.jsonl")
+
+    @property
+    def ablation(self) -> str:
+        return os.path.join(self.root, "benchmarks", "results", "kd_ablation.jsonl")
+
+    @property
+    def curves(self) -> str:
+        return os.path.join(self.root, "benchmarks", "results", "kd_synthetic_curves.png")
+
+    def weights(self, teacher: "Teacher") -> str:
+        return os.path.join(self.root, teacher.weights)
+
+# The dataset (480 scenes: 240 train, 240 val) and the schedules are those of the demo configs; every
+# student config must resolve to the same data and train sections (checked before a run).
+
+
+@dataclass
+class Teacher:
+    """A teacher run and the fp16 weights it leaves at ``weights`` (relative to the repository)."""
+
+    label: str
+    config: str
+    weights: str
+
+
+TEACHERS: Dict[str, Teacher] = {
+    "pointpillars": Teacher("PointPillars", os.path.join(DEMO, "pointpillars_teacher.yaml"),
+                            os.path.join(DEMO, "weights", "pointpillars_teacher.fp16.pt")),
+    "second": Teacher("SECOND", os.path.join(DEMO, "second_teacher.yaml"),
+                      os.path.join(DEMO, "weights", "second_teacher.fp16.pt")),
+}
+
+
+@dataclass
+class Method:
+    """A student run: ``config`` plus ``overrides``, compared within ``family`` (same student and
+    teacher)."""
+
+    name: str
+    family: str
+    teacher: str
+    label: str
+    config: str
+    overrides: Tuple[str, ...] = ()
+    seeds: Optional[Sequence[int]] = None     # None: the --seeds of the command line
+
+
+def _kd(name, family, teacher, label, config, *overrides, seeds=None) -> Method:
+    return Method(name, family, teacher, label, os.path.join(DEMO, config), tuple(overrides), seeds)
+
+
+PP4_KD = "pointpillars_student_4x_kd.yaml"
+NO_LOCAL = "distill.local=[]"
+METHODS: List[Method] = [
+    _kd("pp4x_plain", "PointPillars 4x", "pointpillars", "no KD", "pointpillars_student_4x.yaml"),
+    _kd("pp4x_pointdistiller", "PointPillars 4x", "pointpillars", "PointDistiller", PP4_KD),
+    _kd("pp4x_fitnet", "PointPillars 4x", "pointpillars", "FitNet", PP4_KD, NO_LOCAL,
+        "distill.fitnet=[{feature: pfn, loss_weight: 1.0}]"),
+    _kd("pp4x_attention", "PointPillars 4x", "pointpillars", "attention transfer", PP4_KD, NO_LOCAL,
+        "distill.attention=[{feature: pfn, loss_weight: 1.0}]"),
+    _kd("pp4x_response", "PointPillars 4x", "pointpillars", "response KD", PP4_KD, NO_LOCAL,
+        "distill.response={cls_weight: 1.0, box_weight: 1.0, temperature: 1.0}"),
+    _kd("pp16x_plain", "PointPillars 16x", "pointpillars", "no KD", "pointpillars_student_16x.yaml"),
+    _kd("pp16x_pointdistiller", "PointPillars 16x", "pointpillars", "PointDistiller",
+        "pointpillars_student_16x_kd.yaml"),
+    _kd("second4x_plain", "SECOND 4x", "second", "no KD", "second_student_4x.yaml"),
+    _kd("second4x_pointdistiller", "SECOND 4x", "second", "PointDistiller",
+        "second_student_4x_kd.yaml"),
+]
+
+# Section 2 of the KD issue: one seed each, PointPillars 4x (the plain student and the default
+# PointDistiller come from the table's seed 0).
+ABLATIONS: List[Method] = [
+    _kd("abl_pd_neck", "PointPillars 4x", "pointpillars", "PointDistiller on the neck", PP4_KD,
+        "distill.local=[{feature: neck, importance: channel_max, num_nodes: 2048, k: 16, "
+        "tau: 0.01, loss_weight: 2.0}]", seeds=(0,)),
+    _kd("abl_pd_backbone2", "PointPillars 4x", "pointpillars", "PointDistiller on backbone.2",
+        PP4_KD, "distill.local=[{feature: backbone.2, importance: channel_max, num_nodes: 512, "
+        "k: 64, tau: 0.01, loss_weight: 2.0}]", seeds=(0,)),
+    _kd("abl_pd_tau1", "PointPillars 4x", "pointpillars", "PointDistiller, tau 1", PP4_KD,
+        "distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, tau: 1.0, "
+        "loss_weight: 2.0}]", seeds=(0,)),
+    _kd("abl_pd_noreweight", "PointPillars 4x", "pointpillars", "PointDistiller, no reweighting",
+        PP4_KD, "distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, "
+        "tau: 0.01, loss_weight: 2.0, reweight: false}]", seeds=(0,)),
+    _kd("abl_pd_authors_init", "PointPillars 4x", "pointpillars",
+        "PointDistiller, authors' graph-layer init", PP4_KD,
+        "distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, tau: 0.01, "
+        "loss_weight: 2.0, graph_init: authors}]", seeds=(0,)),
+    _kd("abl_pd_teacher_train", "PointPillars 4x", "pointpillars",
+        "PointDistiller, teacher in train mode", PP4_KD, "distill.teacher_mode=train", seeds=(0,)),
+    _kd("abl_pd_pooled", "PointPillars 4x", "pointpillars", "PointDistiller, pooled selection",
+        PP4_KD, "distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, "
+        "tau: 0.01, loss_weight: 2.0, selection: pooled}]", seeds=(0,)),
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# results files
+# --------------------------------------------------------------------------------------------------
+def read_rows(path: str) -> List[Dict]:
+    """The rows of a results file (one JSON object per line); a torn last line is ignored."""
+    if not os.path.isfile(path):
+        return []
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def append_row(path: str, row: Dict) -> None:
+    """Appends one row and fsyncs (a crash leaves at most a torn last line, which is ignored)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def git_commit(paths: Sequence[str], message: str) -> None:
+    subprocess.run(["git", "add", *paths], cwd=REPO, check=True)
+    subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=REPO, check=False)
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve(config: str, overrides: Sequence[str]) -> Tuple[str, Dict]:
+    """(hash of the resolved config, the resolved config): a row stays valid while the config it
+    ran does not change."""
+    from pointdistiller.config import config_to_dict, load_config
+
+    resolved = config_to_dict(load_config(os.path.join(REPO, config), list(overrides)))
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16], resolved
+
+
+def shared_schedule(resolved: Dict) -> Dict:
+    """The data and train sections that all students share (seed, evaluation interval and the
+    detector's own gradient clip aside)."""
+    train = {k: v for k, v in resolved["train"].items()
+             if k not in ("seed", "eval_interval", "grad_clip")}
+    return {"data": resolved["data"], "train": train}
+
+
+def moderate(metrics: Dict) -> Dict:
+    """Per-class and mean moderate AP_R40 (strict overlaps), 3D and BEV."""
+    strict = metrics["strict"]
+    per = {c: {"3d": strict[c]["3d"]["R40"][1], "bev": strict[c]["bev"]["R40"][1]} for c in CLASSES}
+    return {"classes": per,
+            "map_3d": sum(per[c]["3d"] for c in CLASSES) / len(CLASSES),
+            "map_bev": sum(per[c]["bev"] for c in CLASSES) / len(CLASSES)}
+
+
+def curve(work_dir: str) -> Tuple[List[List[float]], Dict[str, float]]:
+    """``[[step, mAP 3D, mAP BEV], ...]`` from the run's evaluations, and the mean of every
+    ``*effective_weighted`` statistic of its training log."""
+    points, sums, counts = [], {}, {}
+    path = os.path.join(work_dir, "log.jsonl")
+    for row in read_rows(path):
+        if "eval" in row:
+            m = moderate(row["eval"])
+            points.append([row["step"], round(m["map_3d"], 4), round(m["map_bev"], 4)])
+        for k, v in row.items():
+            if k.endswith("effective_weighted"):
+                sums[k] = sums.get(k, 0.0) + float(v)
+                counts[k] = counts.get(k, 0) + 1
+    return points, {k: round(sums[k] / counts[k], 2) for k in sums}
+
+
+# --------------------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------------------
+def _run(cmd: List[str], log_path: str, dry_run: bool) -> float:
+    """Runs ``cmd`` with its output in ``log_path``; returns wall minutes. Raises on failure."""
+    print("  $ " + " ".join(cmd), flush=True)
+    if dry_run:
+        return 0.0
+    start = time.time()
+    with open(log_path, "a", encoding="utf-8") as log:
+        proc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[3] if len(cmd) > 3 else cmd}: exit {proc.returncode}; see {log_path}")
+    return (time.time() - start) / 60
+
+
+def _pd(*args: str) -> List[str]:
+    return [sys.executable, "-m", "pointdistiller.cli.train", *args, "--no-progress"]
+
+
+def machine() -> str:
+    return f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})"
+
+
+def run_teacher(name: str, layout: Layout, args) -> None:
+    t = TEACHERS[name]
+    key = f"teacher/{name}"
+    overrides = QUICK_OVERRIDES if args.quick else ()
+    fp, _ = resolve(t.config, overrides)
+    weights = layout.weights(t)
+    done = [r for r in read_rows(layout.table) if r["key"] == key and r["fingerprint"] == fp]
+    if done and os.path.isfile(weights) and sha256_file(weights) == done[-1]["weights_sha256"]:
+        print(f"{key}: done ({t.weights}, sha256 {done[-1]['weights_sha256'][:12]}...)")
+        return
+    work = os.path.join(args.work_root, "teacher_" + name)
+    print(f"{key}: training {t.config} in {work}", flush=True)
+    cmd = _pd(os.path.join(REPO, t.config), *sum((["--set", o] for o in overrides), []),
+              "--work-dir", work)
+    if os.path.isfile(os.path.join(work, "config.yaml")):
+        cmd.append("--resume")
+    minutes = _run(cmd, work + ".log", args.dry_run)
+    if args.dry_run:
+        return
+    from pointdistiller.engine.checkpoint import save_half_weights
+
+    save_half_weights(os.path.join(work, "model_final.pt"), weights)
+    digest = sha256_file(weights)
+    eval_json = os.path.join(work, "eval_fp16.json")
+    _run([sys.executable, "-m", "pointdistiller.cli.evaluate", os.path.join(REPO, t.config), weights,
+          *sum((["--set", o] for o in overrides), []), "--out", os.path.join(work, "eval_fp16"),
+          "--json", eval_json], work + ".log", False)
+    with open(eval_json, encoding="utf-8") as f:
+        metrics = moderate(json.load(f))
+    with open(os.path.join(work, "eval.json"), encoding="utf-8") as f:
+        fp32 = moderate(json.load(f))
+    points, _ = curve(work)
+    row = {"key": key, "family": name, "method": "teacher", "label": "teacher", "seed": 0,
+           "config": t.config, "overrides": list(overrides), "fingerprint": fp,
+           "steps": points[-1][0] if points else None, "minutes": round(minutes, 1),
+           "weights": t.weights, "weights_sha256": digest, "metrics": metrics,
+           "metrics_fp32": fp32, "curve": points, "machine": machine(),
+           "date": time.strftime("%Y-%m-%d %H:%M")}
+    append_row(layout.table, row)
+    print(f"{key}: {t.weights} sha256 {digest}; fp16 mAP 3D {metrics['map_3d']:.2f} BEV "
+          f"{metrics['map_bev']:.2f} (fp32 {fp32['map_3d']:.2f} / {fp32['map_bev']:.2f}). Pin this "
+          f"sha256 as teacher.sha256 in the demo student configs.", flush=True)
+    if args.commit:
+        git_commit([layout.table, weights], f"bm_kd_synthetic: {key} ({digest[:12]})")
+
+
+def run_student(method: Method, seed: int, results: str, layout: Layout, args) -> None:
+    key = f"{method.name}/seed{seed}"
+    teacher = TEACHERS[method.teacher]
+    weights = layout.weights(teacher)
+    # seed 0 evaluates after every epoch (the val curves of the PNG); other seeds only at the end
+    quick = QUICK_OVERRIDES if args.quick else ()
+    overrides = quick + (f"train.seed={seed}", f"train.eval_interval={1 if seed == 0 else 0}") \
+        + method.overrides
+    fp, resolved = resolve(method.config, overrides)
+    kd = resolved.get("distill") is not None
+    if args.quick and kd:
+        overrides += ("teacher.sha256=null",)
+        fp, resolved = resolve(method.config, overrides)
+    reference = resolve(METHODS[0].config, quick)[1]
+    if shared_schedule(resolved) != shared_schedule(reference):
+        raise RuntimeError(f"{key}: {method.config} does not share the schedule (data and train "
+                           f"sections) of {METHODS[0].config}")
+    teacher_sha = sha256_file(weights) if kd and os.path.isfile(weights) else None
+    for row in read_rows(results):
+        if row["key"] == key and row["fingerprint"] == fp and row.get("teacher_sha256") == teacher_sha:
+            print(f"{key}: done (3D {row['metrics']['map_3d']:.2f}, BEV {row['metrics']['map_bev']:.2f})")
+            return
+    if kd and teacher_sha is None and not args.dry_run:
+        raise RuntimeError(f"{key}: the teacher weights {teacher.weights} are missing; run the "
+                           f"teachers stage first")
+    work = os.path.join(args.work_root, method.name + f"_seed{seed}")
+    cmd = _pd(os.path.join(REPO, method.config), *sum((["--set", o] for o in overrides), []),
+              "--work-dir", work, *(["--teacher", weights] if kd else []))
+    if os.path.isfile(os.path.join(work, "config.yaml")):
+        cmd.append("--resume")
+    print(f"{key}: {method.label} ({method.family})", flush=True)
+    minutes = _run(cmd, work + ".log", args.dry_run)
+    if args.dry_run:
+        return
+    with open(os.path.join(work, "eval.json"), encoding="utf-8") as f:
+        metrics = moderate(json.load(f))
+    points, effective = curve(work)
+    row = {"key": key, "family": method.family, "method": method.name, "label": method.label,
+           "seed": seed, "config": method.config, "overrides": list(overrides), "fingerprint": fp,
+           "teacher": teacher.weights if kd else None, "teacher_sha256": teacher_sha,
+           "steps": points[-1][0] if points else None, "minutes": round(minutes, 1),
+           "metrics": metrics, "curve": points, "effective_weighted": effective,
+           "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    append_row(results, row)
+    print(f"{key}: mAP 3D {metrics['map_3d']:.2f}, BEV {metrics['map_bev']:.2f} in "
+          f"{minutes:.1f} min", flush=True)
+    if args.commit:
+        git_commit([results], f"bm_kd_synthetic: {key} (BEV mAP {metrics['map_bev']:.2f})")
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+def _mean_std(values: List[float]) -> Tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, std
+
+
+def summarize(rows: List[Dict]) -> List[Dict]:
+    """One entry per method (in the order of :data:`METHODS`, then any others): per-seed mAPs,
+    mean +- std, the difference to its family's plain student with two standard errors, and the
+    share of the teacher-student gap closed (BEV mAP)."""
+    latest: Dict[str, Dict] = {}
+    for row in rows:
+        latest[row["key"]] = row    # a rerun of a key replaces the earlier row
+    teachers = {r["family"]: r for r in latest.values() if r["method"] == "teacher"}
+    by_method: Dict[str, List[Dict]] = {}
+    for row in latest.values():
+        if row["method"] != "teacher":
+            by_method.setdefault(row["method"], []).append(row)
+    order = [m.name for m in METHODS + ABLATIONS] + sorted(by_method)
+    out, plain = [], {}
+    for name in dict.fromkeys(order):
+        runs = by_method.get(name)
+        if not runs:
+            continue
+        entry = {"method": name, "label": runs[0]["label"], "family": runs[0]["family"],
+                 "seeds": sorted(r["seed"] for r in runs),
+                 "3d": [r["metrics"]["map_3d"] for r in runs],
+                 "bev": [r["metrics"]["map_bev"] for r in runs],
+                 "minutes": _mean_std([r["minutes"] for r in runs])[0],
+                 "effective_weighted": runs[0].get("effective_weighted") or {}}
+        if name.endswith("_plain"):
+            plain[entry["family"]] = entry
+        out.append(entry)
+    for entry in out:
+        base = plain.get(entry["family"])
+        teacher_family = next((m.teacher for m in METHODS + ABLATIONS if m.name == entry["method"]), None)
+        teacher = teachers.get(teacher_family)
+        entry["teacher_bev"] = teacher["metrics"]["map_bev"] if teacher else None
+        if base is None or entry is base:
+            continue
+        for metric in ("3d", "bev"):
+            (ma, sa), (mb, sb) = _mean_std(entry[metric]), _mean_std(base[metric])
+            se = math.sqrt(sa ** 2 / len(entry[metric]) + sb ** 2 / len(base[metric]))
+            entry[f"diff_{metric}"] = (ma - mb, se)
+        if teacher:
+            gap = teacher["metrics"]["map_bev"] - _mean_std(base["bev"])[0]
+            entry["gap_closed"] = entry["diff_bev"][0] / gap if gap > 0 else float("nan")
+    return out
+
+
+def markdown_table(rows: List[Dict]) -> str:
+    teachers = [r for r in rows if r["method"] == "teacher"]
+    lines = ["| model | method | seeds | 3D mAP | BEV mAP | BEV vs plain (2 SE) | gap closed (BEV) | min/run |",
+             "|---|---|---|---|---|---|---|---|"]
+    latest_teachers = {r["family"]: r for r in teachers}
+    for fam, t in latest_teachers.items():
+        lines.append(f"| {TEACHERS[fam].label} teacher | | 1 | {t['metrics']['map_3d']:.2f} | "
+                     f"{t['metrics']['map_bev']:.2f} | | | {t['minutes']:.0f} |")
+    for e in summarize(rows):
+        m3, s3 = _mean_std(e["3d"])
+        mb, sb = _mean_std(e["bev"])
+        diff = gap = ""
+        if "diff_bev" in e:
+            d, se = e["diff_bev"]
+            diff = f"{d:+.2f} ({2 * se:.2f}){' yes' if d > 2 * se else ''}"
+        if "gap_closed" in e:
+            gap = f"{100 * e['gap_closed']:.0f} %"
+        lines.append(f"| {e['family']} | {e['label']} | {len(e['seeds'])} | {m3:.2f} +- {s3:.2f} | "
+                     f"{mb:.2f} +- {sb:.2f} | {diff} | {gap} | {e['minutes']:.1f} |")
+    return "\n".join(lines)
+
+
+def plot_curves(rows: List[Dict], path: str) -> Optional[str]:
+    """Val BEV mAP against training step of every seed-0 student run, one panel per family."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("report: matplotlib is not installed; no PNG (pip install matplotlib)")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in rows if r["method"] != "teacher" and r["seed"] == 0 and r.get("curve")]
+    families = list(dict.fromkeys(r["family"] for r in runs))
+    if not families:
+        return None
+    teachers = {r["family"]: r for r in rows if r["method"] == "teacher"}
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), squeeze=False)
+    for ax, fam in zip(axes[0], families):
+        for r in runs:
+            if r["family"] != fam:
+                continue
+            steps = [p[0] for p in r["curve"]]
+            ax.plot(steps, [p[2] for p in r["curve"]], marker="o", label=r["label"])
+        teacher_family = next((m.teacher for m in METHODS if m.family == fam), None)
+        if teacher_family in teachers:
+            ax.axhline(teachers[teacher_family]["metrics"]["map_bev"], color="k", ls="--", lw=1,
+                       label="teacher")
+        ax.set_title(f"{fam} (seed 0)")
+        ax.set_xlabel("training step (batch 2)")
+        ax.set_ylabel("val BEV mAP, moderate, AP_R40")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", choices=("teachers", "ablation", "table", "all"), default="all")
+    parser.add_argument("--only", metavar="PATTERN", help="only runs whose key matches (fnmatch), "
+                                                         "e.g. 'pp4x_*' or 'teacher/pointpillars'")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--work-root", default=os.path.join(REPO, "work_dirs", "bm_kd"))
+    parser.add_argument("--commit", action="store_true", help="git-commit each result row as it lands")
+    parser.add_argument("--report", action="store_true", help="print the table and draw the PNG only")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="16 scenes and 4 steps per run, results and weights under --work-root")
+    args = parser.parse_args(argv)
+    layout = Layout(os.path.abspath(args.work_root) if args.quick else REPO)
+
+    def wanted(key: str) -> bool:
+        return args.only is None or fnmatch.fnmatch(key, args.only)
+
+    if not args.report:
+        os.makedirs(args.work_root, exist_ok=True)
+        if args.stage in ("teachers", "all"):
+            for name in TEACHERS:
+                if wanted(f"teacher/{name}"):
+                    run_teacher(name, layout, args)
+        stages = [("ablation", ABLATIONS, layout.ablation), ("table", METHODS, layout.table)]
+        if args.stage == "all":
+            stages = stages[::-1]
+        for stage, methods, results in stages:
+            if args.stage not in (stage, "all"):
+                continue
+            for method in methods:
+                for seed in (method.seeds if method.seeds is not None else args.seeds):
+                    if wanted(f"{method.name}/seed{seed}"):
+                        run_student(method, seed, results, layout, args)
+    rows = read_rows(layout.table)
+    print("\n" + markdown_table(rows))
+    ablation = read_rows(layout.ablation)
+    if ablation:
+        base = [r for r in rows if r["seed"] == 0 and r["method"] in ("pp4x_plain", "pp4x_pointdistiller")]
+        print("\nablation (seed 0):\n" + markdown_table(base + ablation
+                                                         + [r for r in rows if r["method"] == "teacher"]))
+    png = plot_curves(rows, layout.curves)
+    if png:
+        print(f"\nval curves: {os.path.relpath(png, REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
