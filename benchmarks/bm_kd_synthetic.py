@@ -184,8 +184,15 @@ def append_row(path: str, row: Dict) -> None:
 
 
 def git_commit(paths: Sequence[str], message: str) -> None:
-    subprocess.run(["git", "add", *paths], cwd=REPO, check=True)
-    subprocess.run(["git", "commit", "-q", "-m", message, "--", *paths], cwd=REPO, check=False)
+    """Commits ``paths`` in the repository that holds them; a failure (e.g. another git command
+    holding the index) is reported, not fatal: the next row's commit takes the file along."""
+    top = os.path.dirname(paths[0])
+    for args in (["add", *paths], ["commit", "-q", "-m", message, "--", *paths]):
+        proc = subprocess.run(["git", *args], cwd=top, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"  git {args[0]} failed ({proc.stderr.strip() or proc.stdout.strip()}); "
+                  f"the row is in {paths[0]}", flush=True)
+            return
 
 
 def sha256_file(path: str) -> str:
@@ -485,8 +492,12 @@ def main(argv=None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--quick", action="store_true",
                         help="16 scenes and 4 steps per run, results and weights under --work-root")
+    parser.add_argument("--results-root", metavar="REPO",
+                        help="the checkout that receives the results and teacher weights (default "
+                             "this one), e.g. the main checkout while the runs use a frozen copy")
     args = parser.parse_args(argv)
-    layout = Layout(os.path.abspath(args.work_root) if args.quick else REPO)
+    layout = Layout(os.path.abspath(args.work_root) if args.quick
+                    else os.path.abspath(args.results_root or REPO))
 
     def wanted(key: str) -> bool:
         return args.only is None or fnmatch.fnmatch(key, args.only)
