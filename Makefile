@@ -11,7 +11,9 @@ PIP := $(PY) -m pip
 # PyPI's default CUDA build where nvidia-smi works.
 TORCH_VERSION ?= 2.13.0
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo 1)
-SYS_DEPS := libusb-1.0-0 libgl1 libegl1 libgomp1
+# open3d (libusb, GL, EGL, OpenMP), its offscreen renderer (Vulkan software driver), and a headless
+# browser for the report tests
+SYS_DEPS := libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers libegl-mesa0 chromium
 OPS_SOURCES := $(shell find ops/csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 OPS_STAMP := $(VENV)/.ops-built
 
@@ -27,7 +29,7 @@ venv: $(VENV)/.installed
 
 build: $(OPS_STAMP)
 
-# open3d needs a few shared libraries from Debian to import.
+# open3d needs a few shared libraries from Debian; pictures and the report tests need a few more.
 sysdeps:
 	@missing=""; for p in $(SYS_DEPS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

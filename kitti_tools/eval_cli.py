@@ -8,7 +8,7 @@ folder. Missing files are reported in one error that lists the ids on each side.
 """
 import argparse
 
-from pointdistiller.utils.fileio import atomic_write_json, check_writable_file
+from pointdistiller.utils.fileio import atomic_write_json, check_writable_dir, check_writable_file
 
 from .evaluation import evaluate_dirs
 from .io import read_ids
@@ -30,6 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="also write {overlap set: {class: {metric: {R40, R11}}}} AP here")
     parser.add_argument("--allow-missing", action="store_true",
                         help="treat a missing result file as a frame without detections")
+    parser.add_argument("--report", metavar="DIR",
+                        help="also write an HTML report (AP tables, precision-recall curves, "
+                             "renders of the worst frames, links to the result files) into DIR")
     parser.set_defaults(func=run)
     return parser
 
@@ -38,9 +41,16 @@ def run(args: argparse.Namespace) -> int:
     """Evaluates, prints the summary and writes the JSON atomically when asked; returns 0."""
     if args.json:
         check_writable_file(args.json, "--json")
+    if args.report:
+        check_writable_dir(args.report, "--report")
     ids = read_ids(args.ids) if args.ids else None
     result = evaluate_dirs(args.gt, args.det, ids=ids, allow_missing=args.allow_missing)
     print(result.summary(), end="")
     if args.json:
         atomic_write_json(args.json, result.to_json_dict())
+    if args.report:
+        from .visual.report import write_report
+
+        page = write_report(args.report, args.gt, args.det, ids=ids)
+        print(f"report: {page}")
     return 0

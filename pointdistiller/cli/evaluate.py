@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="folder for the result files (default <checkpoint dir>/eval_<split>)")
     parser.add_argument("--json", metavar="OUT", help="write the APs as JSON")
     parser.add_argument("--device", help="cpu, cuda or cuda:N")
+    parser.add_argument("--report", metavar="DIR",
+                        help="also write an HTML report into DIR (with the training curves when "
+                             "CHECKPOINT lies in a pd-train work dir)")
     return parser
 
 
@@ -63,22 +66,62 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides: Sequence[str] =
     return metrics, summary, out
 
 
+def run_log(checkpoint: str) -> Optional[str]:
+    """The log.jsonl of the pd-train work dir holding ``checkpoint`` (model_final.pt at its top,
+    latest.pt in checkpoints/), if any."""
+    folder = os.path.dirname(os.path.abspath(checkpoint))
+    for candidate in (folder, os.path.dirname(folder)):
+        if os.path.isfile(os.path.join(candidate, "log.jsonl")) and \
+                os.path.isfile(os.path.join(candidate, "config.yaml")):
+            return os.path.join(candidate, "log.jsonl")
+    return None
+
+
+def report_for_results(results: str, config: str, overrides: Sequence[str] = (),
+                       data_root: Optional[str] = None, split: Optional[str] = None,
+                       out: str = "report", train_log: Optional[str] = None,
+                       title: Optional[str] = None) -> str:
+    """The HTML report of the result files ``results`` of ``config``'s dataset split."""
+    from pointdistiller.engine.sections import DataConfig
+    from pointdistiller.engine.trainer import resolve_dataset_root
+    from pointdistiller.kitti_tools.io import read_ids
+    from pointdistiller.kitti_tools.visual.report import write_report
+
+    cfg = load_config(config, overrides)
+    data = cfg.data or DataConfig()
+    if data_root:
+        data.root = data_root
+    root = resolve_dataset_root(data, log=lambda *_: None)
+    split = split or data.val_split
+    ids = read_ids(os.path.join(root, "ImageSets", f"{split}.txt"))
+    return write_report(out, os.path.join(root, "training", "label_2"), results, ids=ids,
+                        kitti_root=root, title=title or f"{os.path.basename(config)}: {split} split",
+                        train_log=train_log)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from pointdistiller.engine.checkpoint import CheckpointError
     from pointdistiller.engine.trainer import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
-    from pointdistiller.utils.fileio import OutputError, atomic_write_json, check_writable_file
+    from pointdistiller.utils.fileio import (OutputError, atomic_write_json, check_writable_dir,
+                                            check_writable_file)
 
     try:
         if args.json:
             check_writable_file(args.json, "--json")
+        if args.report:
+            check_writable_dir(args.report, "--report")
         metrics, summary, out = evaluate_checkpoint(args.config, args.checkpoint, args.set, args.data,
                                                     args.split, args.out, args.device)
         print(summary)
         print(f"result files: {out}")
         if args.json:
             atomic_write_json(args.json, metrics)
+        if args.report:
+            page = report_for_results(out, args.config, args.set, args.data, args.split,
+                                      args.report, run_log(args.checkpoint))
+            print(f"report: {page}")
         return 0
     except (ConfigError, RunError, CheckpointError, KittiFormatError, OutputError) as exc:
         print(f"pd-eval: error: {exc}", file=sys.stderr)

@@ -93,7 +93,37 @@ def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) 
     print(f"\nPointDistiller closed {closed:.0%} of the teacher - plain student gap in BEV mAP"
           if closed is not None else "\nthe plain student is not behind the teacher: no gap to close")
     print(f"runs, checkpoints, TensorBoard logs and result files: {work_dir}")
+    print(f"report: {demo_report(work_dir, rows, quick)}")
     return 0
+
+
+def demo_report(work_dir: str, rows, quick: bool) -> str:
+    """One HTML report per demo run (AP tables, curves, worst frames, training curves) and an index
+    page with the side-by-side table; returns the index's path."""
+    import html
+
+    from pointdistiller.engine.trainer import moderate_table
+    from pointdistiller.utils.fileio import atomic_write_text
+
+    from .evaluate import report_for_results
+
+    folder = os.path.join(work_dir, "report")
+    links = []
+    extra = list(QUICK_DATA) if quick else []
+    for key, name, title in (DEMO_TEACHER,) + DEMO_STUDENTS:
+        run_dir = os.path.join(work_dir, key)
+        # the teacher is only evaluated (results/); the students' runs write results/<split>/
+        results = os.path.join(run_dir, "results", *([] if key == DEMO_TEACHER[0] else ["val"]))
+        log = os.path.join(run_dir, "log.jsonl")
+        report_for_results(results, os.path.join(DEMO_DIR, name), extra, out=os.path.join(folder, key),
+                           train_log=log if os.path.isfile(log) else None, title=title)
+        links.append(f"<li><a href='{key}/index.html'>{html.escape(title)}</a></li>")
+    page = os.path.join(folder, "index.html")
+    atomic_write_text(page, "<!doctype html><html><head><meta charset=utf-8><title>pd-train --demo"
+                            "</title></head><body><h1>pd-train --demo</h1><pre>"
+                            + html.escape(moderate_table(rows)) + "</pre><ul>" + "".join(links)
+                            + "</ul></body></html>")
+    return page
 
 
 def main(argv: Optional[List[str]] = None) -> int:
