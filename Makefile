@@ -17,7 +17,7 @@ SYS_DEPS := libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers 
 OPS_SOURCES := $(shell find ops/csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 OPS_STAMP := $(VENV)/.ops-built
 
-.PHONY: demo test build venv sysdeps cuda-compile-check gpu-check bench clean
+.PHONY: demo test build venv sysdeps cuda-compile-check gpu-check docker-check bench clean
 
 demo: build
 	$(VENV)/bin/pd-train --demo $(DEMO_ARGS)
@@ -58,6 +58,11 @@ cuda-compile-check: venv
 # On a GPU machine: build the CUDA ops, run the CUDA tests and the GPU benchmarks, print a summary.
 gpu-check:
 	bash scripts/gpu_check.sh
+
+# Builds the CPU variant of docker/Dockerfile with buildah (no Docker engine needed) and runs the demo,
+# the evaluator, the ops tests and pd-deploy inside the images (root; about 20-30 minutes here).
+docker-check: venv
+	PYTHON=$(PY) bash scripts/docker_check.sh
 
 bench: build
 	$(PY) benchmarks/bm_ops.py

@@ -1,4 +1,5 @@
-"""Build script: maps the top-level folders into the `pointdistiller` namespace and builds the ops.
+"""Build script: maps the top-level folders into the `pointdistiller` namespace (the configs and the
+demo teacher's weights as package data) and builds the ops.
 
 One extension, ``pointdistiller.ops._C``, from ``ops/csrc``: every ``*.cpp`` always, and every
 ``*.cu`` when torch was built with CUDA and a CUDA toolkit is found (``CUDA_HOME`` or ``nvcc`` on
@@ -17,7 +18,10 @@ PACKAGE_DIRS = {
     "ops": "pointdistiller.ops",
     "detectors": "pointdistiller.detectors",
     "kitti_tools": "pointdistiller.kitti_tools",
+    "configs": "pointdistiller.configs",
 }
+# Non-Python files that ship inside the wheel.
+PACKAGE_DATA = {"pointdistiller.configs": ["*/*.yaml", "demo/weights/*.pt"]}
 
 
 def _packages():
@@ -58,6 +62,7 @@ package_dir, packages = _packages()
 setup(
     package_dir=package_dir,
     packages=packages,
+    package_data=PACKAGE_DATA,
     ext_modules=[_extension()],
     cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
 )

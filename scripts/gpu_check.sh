@@ -6,7 +6,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] && .venv/bin/python -c "import torch,sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && PY=.venv/bin/python
-export CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")")}
 out=${OUT:-build/gpu-check}
 mkdir -p "$out"
 summary=()
@@ -19,7 +18,7 @@ step() {  # step NAME LIMIT_S CMD...
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$out/gpu.txt"
-step build 400 env MAX_JOBS=16 $PY -m pip install --no-deps --no-build-isolation -q -e .
+step build 400 env PYTHON="$PY" MAX_JOBS=16 bash scripts/build_ops.sh editable
 # pytest-xdist, where installed, runs the tests in worker processes: a crash fails one test, not all
 xdist=(); $PY -c "import xdist" 2>/dev/null && xdist=(-n 8)
 step cuda-tests 300 $PY -m pytest -q -m cuda --tb=short -rfE "${xdist[@]}" tests

@@ -19,9 +19,9 @@ import sys
 from typing import List, Optional, Sequence
 
 from pointdistiller.config import ConfigError, add_set_argument, load_config
+from pointdistiller.configs import CONFIG_DIR
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO_DIR = os.path.join(REPO, "configs", "demo")
+DEMO_DIR = os.path.join(CONFIG_DIR, "demo")
 DEMO_TEACHER = ("teacher", "pointpillars_teacher.yaml", "PointPillars teacher")
 DEMO_STUDENTS = (
     ("student_4x", "pointpillars_student_4x.yaml", "PointPillars 4x, no KD"),
@@ -68,7 +68,7 @@ def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) 
     weights = teacher_checkpoint(load_config(kd_config), kd_config)
     key, name, title = DEMO_TEACHER
     print(f"\n=== {title}: {os.path.join('configs', 'demo', name)} with the shipped weights "
-          f"{os.path.relpath(weights, REPO)}", flush=True)
+          f"{os.path.relpath(weights, os.path.dirname(CONFIG_DIR))}", flush=True)
     teacher_dir = os.path.join(work_dir, key)
     metrics, summary, _ = evaluate_checkpoint(os.path.join(DEMO_DIR, name), weights,
                                               QUICK_DATA if quick else (),
