@@ -1,4 +1,4 @@
-"""Benchmark of pointdistiller.ops.knn against scipy's cKDTree and torch.cdist + topk.
+"""Benchmark of pointdistiller.ops.knn_search against scipy's cKDTree and torch.cdist + topk.
 
 Cases (one thread, ``torch.set_num_threads(1)``):
   1. 3-D: 4096 queries among 40000 points sampled from a real KITTI frame (x, y, z), k = 16:
@@ -86,7 +86,7 @@ def make_inputs(case: str, device: str = "cpu"):
 def run_method(method: str, query, ref, k: int):
     """One call; returns squared distances [Q, k] as a CPU float64 array (for the cross-check)."""
     if method == "ours":
-        from pointdistiller.ops.knn import knn
+        from pointdistiller.ops.knn_search import knn
 
         return knn(query, ref, k)[1]
     if method == "cdist_topk":

@@ -1,4 +1,4 @@
-"""Benchmark of hard voxelization (pointdistiller.ops.voxelize) against spconv's PointToVoxel.
+"""Benchmark of hard voxelization (pointdistiller.ops.voxelization) against spconv's PointToVoxel.
 
 One real KITTI frame (velodyne/000000.bin, ~115k points) in the PointPillars setting (range
 [0, -39.68, -3, 69.12, 39.68, 1], voxel [0.16, 0.16, 4], 32 points per voxel) and the SECOND
@@ -22,7 +22,7 @@ from typing import Callable, Dict, List
 import numpy as np
 import torch
 
-from pointdistiller.ops.voxelize import voxelize
+from pointdistiller.ops.voxelization import voxelize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_FRAME = os.path.join(os.environ.get("PD_KITTI_SAMPLE") or os.path.join(

@@ -1,15 +1,24 @@
 """Native ops of pointdistiller (C++ CPU kernels, CUDA kernels, meta kernels for tracing).
 
-One module per op, each a documented wrapper of ``torch.ops.pointdistiller.<name>``:
+Every op is importable from here (``from pointdistiller.ops import voxelize, knn``); each is a
+documented wrapper of ``torch.ops.pointdistiller.<name>`` in the module of its family:
 
-- ``pointdistiller.ops.voxelize``: ``voxelize``, ``voxelize_dynamic``, ``grid_size``
-- ``pointdistiller.ops.scatter``: ``scatter_reduce``
-- ``pointdistiller.ops.knn``: ``knn``
-- ``pointdistiller.ops.gather_edges``: ``gather_edges``
-- ``pointdistiller.ops.iou3d``: ``boxes_overlap_bev``, ``boxes_iou_bev``, ``boxes_iou_3d``, ``nms_bev``
+- ``voxelization``: ``voxelize``, ``voxelize_dynamic``, ``grid_size``
+- ``scatter``: ``scatter_reduce``
+- ``knn_search``: ``knn``
+- ``graph_edges``: ``gather_edges``
+- ``iou3d``: ``boxes_overlap_bev``, ``boxes_iou_bev``, ``boxes_iou_3d``, ``nms_bev``
 
-(Functions are not re-exported here: several share their module's name.) Pure-PyTorch references
-live in ``pointdistiller.ops.reference`` and are used by the tests only. The first op call loads the
-compiled library and says how to build it if it is missing.
+Pure-PyTorch references live in ``pointdistiller.ops.reference`` and are used by the tests only.
+The first op call loads the compiled library and says how to build it if it is missing.
 """
 from ._loader import load_library  # noqa: F401
+from .graph_edges import gather_edges
+from .iou3d import boxes_iou_3d, boxes_iou_bev, boxes_overlap_bev, nms_bev
+from .knn_search import knn
+from .scatter import scatter_reduce
+from .voxelization import DynamicVoxels, HardVoxels, grid_size, voxelize, voxelize_dynamic
+
+__all__ = ["voxelize", "voxelize_dynamic", "grid_size", "HardVoxels", "DynamicVoxels",
+           "scatter_reduce", "knn", "gather_edges", "boxes_overlap_bev", "boxes_iou_bev",
+           "boxes_iou_3d", "nms_bev"]

@@ -1,6 +1,6 @@
 """Segment reductions of point features into voxels, for dynamic voxel feature encoders: the
 points of voxel ``v`` are the rows ``i`` with ``index[i] == v`` (e.g. ``point_to_voxel`` of
-:func:`pointdistiller.ops.voxelize.voxelize_dynamic`).
+:func:`pointdistiller.ops.voxelization.voxelize_dynamic`).
 
 Deterministic on CPU and CUDA (same bits, every run): sums run in input order, ties of ``max``
 go to the lowest point index.

@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of ``pointdistiller.ops.gather_edges`` (tests only)."""
+"""Pure-PyTorch reference of ``pointdistiller.ops.graph_edges`` (tests only)."""
 from torch import Tensor
 import torch
 

@@ -1,4 +1,4 @@
-"""Pure-PyTorch references of ``pointdistiller.ops.knn`` (tests only).
+"""Pure-PyTorch references of ``pointdistiller.ops.knn_search`` (tests only).
 
 ``knn_reference`` evaluates every query-reference distance exactly as the op's contract defines it
 (float32, channels summed in order 0..C-1, each subtraction, square and sum rounded separately) and
@@ -32,7 +32,7 @@ def _ranges(n_query: int, n_ref: int, query_offsets: Optional[Tensor], ref_offse
 def knn_reference(query: Tensor, ref: Tensor, k: int, query_offsets: Optional[Tensor] = None,
                   ref_offsets: Optional[Tensor] = None, chunk: int = 256) -> Tuple[Tensor, Tensor]:
     """``(idx [Q, k] int64, dist2 [Q, k] float32)`` by brute force over the contract distance,
-    ascending by (distance, index). Same arguments as ``pointdistiller.ops.knn.knn`` (CPU)."""
+    ascending by (distance, index). Same arguments as ``pointdistiller.ops.knn_search.knn`` (CPU)."""
     query, ref = query.detach().cpu().float(), ref.detach().cpu().float()
     idx = torch.empty(query.shape[0], k, dtype=torch.int64)
     dist = torch.empty(query.shape[0], k, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""Slow, obviously-correct references of ``pointdistiller.ops.voxelize`` (tests only).
+"""Slow, obviously-correct references of ``pointdistiller.ops.voxelization`` (tests only).
 
 Quantisation in float32 with NumPy, then one Python loop over the points with a dict, in input
 order: the same rules as spconv's ``PointToVoxel`` on CPU (see ops/voxelize.py).

@@ -122,7 +122,7 @@ def count_flops(model: nn.Module, *inputs) -> FlopCount:
 
 
 def frame_batch(points: np.ndarray, voxelization, training: bool = False):
-    """One-sample ``Batch`` of ``points [N, C]`` voxelized (``pointdistiller.ops.voxelize``) with a
+    """One-sample ``Batch`` of ``points [N, C]`` voxelized (``pointdistiller.ops.voxelization``) with a
     detector's ``VoxelizationSettings`` (test-time voxel cap unless ``training``)."""
     from pointdistiller.data.collate import Sample, VoxelCollator
 

@@ -29,7 +29,7 @@ class Sample:
 
 
 def _default_voxelize():
-    from pointdistiller.ops.voxelize import voxelize
+    from pointdistiller.ops.voxelization import voxelize
 
     return voxelize
 
@@ -42,7 +42,7 @@ class VoxelCollator:
         point_range: ``(xmin, ymin, zmin, xmax, ymax, zmax)`` metres.
         max_points: points kept per voxel.
         max_voxels: voxels kept per sample.
-        voxelize: a function with the signature of ``pointdistiller.ops.voxelize.voxelize``
+        voxelize: a function with the signature of ``pointdistiller.ops.voxelization.voxelize``
             (``points [N, C] float32, voxel_size, point_range, max_points, max_voxels`` ->
             ``voxels [M, max_points, C], coords [M, 3] int32 (z, y, x), num_points [M] int32,
             point_to_voxel [N] int64``); default: that op.

@@ -3,7 +3,7 @@
 Both reproduce the contracts of the toolkit's native ops, so that a deployed model sees exactly
 the input it saw in PyTorch and keeps exactly the boxes PyTorch keeps:
 
-- :func:`voxelize`: ``pointdistiller.ops.voxelize`` (spconv's quantisation in float32: a voxel per
+- :func:`voxelize`: ``pointdistiller.ops.voxelization`` (spconv's quantisation in float32: a voxel per
   cell in order of first appearance, its first ``max_points`` points in input order, at most
   ``max_voxels`` voxels).
 - :func:`nms_bev`: ``pointdistiller.ops.iou3d.nms_bev`` (stable descending score order, a box is

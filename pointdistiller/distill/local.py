@@ -2,7 +2,7 @@
 
 For each sample, the N most important voxels/points (by a given importance score) are selected, their
 K nearest neighbours are found in the teacher's feature space (or in coordinates) with
-``pointdistiller.ops.knn``, edge features ``cat(f[neighbour], f[centre])`` are pushed through one
+``pointdistiller.ops.knn_search``, edge features ``cat(f[neighbour], f[centre])`` are pushed through one
 trainable graph layer per network (1x1 conv + BN + ReLU, 2C -> C' = student width), and the
 reweighted squared error between the teacher's and the student's graph features is the loss::
 
@@ -11,7 +11,7 @@ reweighted squared error between the teacher's and the student's graph features 
 
 Two exact evaluations of the graph layer are available (``edge_mode``):
 
-- ``"gather"``: builds the ``[N, 2C, K]`` edge tensor with ``pointdistiller.ops.gather_edges`` and
+- ``"gather"``: builds the ``[N, 2C, K]`` edge tensor with ``pointdistiller.ops.graph_edges`` and
   applies the modules (conv, BN, ReLU) under autograd, as the authors' code does;
 - ``"factorized"`` (default): the conv is linear before its BN, so
   ``W cat(f_j, f_i) + b = A f_j + B f_i + b``; every feature is projected once to C' channels
@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointdistiller.ops.gather_edges import gather_edges
-from pointdistiller.ops.knn import knn
+from pointdistiller.ops.graph_edges import gather_edges
+from pointdistiller.ops.knn_search import knn
 
 # Elements (centres x K x C') per chunk of the fused pass: small enough to stay in cache on CPU,
 # large enough to keep kernel launches few on CUDA.

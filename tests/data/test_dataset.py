@@ -190,7 +190,7 @@ def test_collate_empty_cloud_and_no_objects():
 
 def test_collate_with_the_voxelize_op(tiny):
     try:
-        from pointdistiller.ops.voxelize import voxelize
+        from pointdistiller.ops.voxelization import voxelize
 
         voxelize(torch.zeros((1, 4)), PP_VOXEL, PP_RANGE, 32, 10)
     except (ImportError, RuntimeError) as exc:

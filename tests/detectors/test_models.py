@@ -62,7 +62,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _voxelize():
-    from pointdistiller.ops.voxelize import voxelize
+    from pointdistiller.ops.voxelization import voxelize
 
     return voxelize
 

@@ -30,7 +30,7 @@ def _model_and_batch(config, overrides, num_points=400, seed=0):
     rng = np.random.default_rng(seed)
     xyz = r[:3] + rng.random((num_points, 3), dtype=np.float32) * (r[3:] - r[:3])
     points = np.concatenate([xyz, rng.random((num_points, 1), dtype=np.float32)], 1)
-    from pointdistiller.ops.voxelize import voxelize
+    from pointdistiller.ops.voxelization import voxelize
 
     batch = VoxelCollator(v.voxel_size, v.point_range, v.max_points, v.max_voxels[1], voxelize)(
         [Sample(points.astype(np.float32), np.zeros((0, 7), np.float32), np.zeros(0), "0")])

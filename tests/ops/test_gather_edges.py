@@ -1,9 +1,9 @@
-"""pointdistiller.ops.gather_edges: values and gradients against the reference, gradcheck, determinism,
+"""pointdistiller.ops.graph_edges: values and gradients against the reference, gradcheck, determinism,
 errors, fake kernels, CUDA == CPU."""
 import pytest
 import torch
 
-from pointdistiller.ops.gather_edges import gather_edges
+from pointdistiller.ops.graph_edges import gather_edges
 from pointdistiller.ops.reference.gather_edges import gather_edges_reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]

@@ -1,4 +1,4 @@
-"""pointdistiller.ops.knn against the exact reference (bit for bit, ties included), errors, fake kernel,
+"""pointdistiller.ops.knn_search against the exact reference (bit for bit, ties included), errors, fake kernel,
 and CUDA == CPU."""
 import os
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pointdistiller.ops.knn import knn
+from pointdistiller.ops.knn_search import knn
 from pointdistiller.ops.reference.knn import knn_reference, knn_reference_float64
 
 

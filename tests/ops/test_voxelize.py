@@ -1,4 +1,4 @@
-"""Tests of pointdistiller.ops.voxelize: against the pure-Python reference on synthetic clouds and
+"""Tests of pointdistiller.ops.voxelization: against the pure-Python reference on synthetic clouds and
 edge cases, against spconv's PointToVoxel on real KITTI frames (bit for bit), argument errors,
 fake kernels, and CUDA == CPU (marked cuda)."""
 import os
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pointdistiller.ops import voxelize as V
+from pointdistiller.ops import voxelization as V
 from pointdistiller.ops._loader import op
 from pointdistiller.ops.reference import voxelize as ref
 
