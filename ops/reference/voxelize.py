@@ -1,7 +1,7 @@
 """Slow, obviously-correct references of ``pointdistiller.ops.voxelization`` (tests only).
 
 Quantisation in float32 with NumPy, then one Python loop over the points with a dict, in input
-order: the same rules as spconv's ``PointToVoxel`` on CPU (see ops/voxelize.py).
+order: the same rules as spconv's ``PointToVoxel`` on CPU (see ops/voxelization.py).
 """
 import math
 from typing import Sequence, Tuple
