@@ -135,7 +135,7 @@ def _worker_a(variant: str, repeats: int, warmup: int, device_name: str) -> dict
 def kitti_batch(model_cfg: dict, frames: int = 2):
     """The first ``frames`` real KITTI frames with their labels, voxelized as ``model_cfg`` says
     (also used by bm_knn)."""
-    from pointdistiller.data.batch import CLASS_NAMES
+    from pointdistiller.kitti_tools.classes import CLASS_NAMES
     from pointdistiller.data.collate import Sample, VoxelCollator
     from pointdistiller.kitti_tools import io as kio
     from pointdistiller.kitti_tools.geometry import camera_to_lidar_boxes
@@ -304,7 +304,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{b['pointdistiller'].get('local0_effective_weighted', 0):.1f}")
 
     if args.json:
-        from pointdistiller.utils.fileio import atomic_write_json
+        from pointdistiller.kitti_tools.fileio import atomic_write_json
 
         atomic_write_json(args.json, results)
     return 0

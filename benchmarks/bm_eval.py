@@ -158,7 +158,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"sanity: Car 3d R40 strict (e/m/h) = "
           f"{', '.join(f'{v:.2f}' for v in car['3d']['R40'])}")
     if args.json:
-        from pointdistiller.utils.fileio import atomic_write_json
+        from pointdistiller.kitti_tools.fileio import atomic_write_json
 
         atomic_write_json(args.json, {
             "frames": args.frames, "num_gt": n_gt, "num_det": n_dt, "repeats": args.repeats,

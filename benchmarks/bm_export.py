@@ -66,7 +66,7 @@ def _frames(synthetic: int):
 def _weights(name: str, args, tmp: str) -> str:
     from pointdistiller.config import load_config
     from pointdistiller.detectors.build import build_detector
-    from pointdistiller.utils.fileio import atomic_torch_save
+    from pointdistiller.kitti_tools.fileio import atomic_torch_save
 
     given = {"teacher": SHIPPED, "4x": args.student4x, "16x": args.student16x}[name]
     if given:

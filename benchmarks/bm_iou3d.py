@@ -25,7 +25,7 @@ import torch
 from pointdistiller.ops import iou3d
 from pointdistiller.ops.reference import iou3d as ref
 
-# (l, w, h) of the KITTI anchors, in pointdistiller.data.batch.CLASS_NAMES order.
+# (l, w, h) of the KITTI anchors, in pointdistiller.detectors.batch.CLASS_NAMES order.
 ANCHOR_SIZES = ((3.9, 1.6, 1.56), (0.8, 0.6, 1.73), (1.76, 0.6, 1.73))
 ANCHOR_Z = (-1.78, -0.6, -0.6)
 

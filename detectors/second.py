@@ -3,7 +3,7 @@ from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from torch import Tensor, nn
 
-from ..data.batch import Batch
+from pointdistiller.detectors.batch import Batch
 from .backbones_2d import SECONDBackbone, SECONDFPN
 from .heads.anchor_head import AnchorHead
 from .outputs import DetectorOutput

@@ -8,7 +8,7 @@ folder. Missing files are reported in one error that lists the ids on each side.
 """
 import argparse
 
-from pointdistiller.utils.fileio import atomic_write_json, check_writable_dir, check_writable_file
+from pointdistiller.kitti_tools.fileio import atomic_write_json, check_writable_dir, check_writable_file
 
 from .evaluation import evaluate_dirs
 from .io import read_ids

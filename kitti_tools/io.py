@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pointdistiller.utils.fileio import atomic_open, atomic_write_bytes
+from pointdistiller.kitti_tools.fileio import atomic_open, atomic_write_bytes
 
 from .calib import Calib
 from .errors import KittiFormatError

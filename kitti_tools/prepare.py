@@ -46,7 +46,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pointdistiller.utils.fileio import atomic_write_text, check_writable_dir
+from pointdistiller.kitti_tools.fileio import atomic_write_text, check_writable_dir
 
 from . import io as kio
 from .errors import KittiFormatError

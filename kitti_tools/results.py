@@ -10,7 +10,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from pointdistiller.utils.fileio import atomic_open
+from pointdistiller.kitti_tools.fileio import atomic_open
 
 from .calib import Calib
 from .geometry import boxes_to_image, lidar_to_camera_boxes, observation_angle

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from pointdistiller.utils.fileio import atomic_open, atomic_write_text
+from pointdistiller.kitti_tools.fileio import atomic_open, atomic_write_text
 
 
 def test_atomic_write_replaces(tmp_path):

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from pointdistiller.data.batch import CLASS_NAMES, Batch
+from pointdistiller.detectors.batch import Batch
+from pointdistiller.kitti_tools.classes import CLASS_NAMES
 
 from ..box_coding.anchors import AnchorGenerator
 from ..box_coding.assigner import AnchorAssigner, AssignResult

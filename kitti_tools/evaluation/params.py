@@ -5,8 +5,10 @@ Values follow the official devkit (``evaluate_object.cpp``) and the python port
 """
 from typing import Dict, Optional, Tuple
 
+from ..classes import CLASS_NAMES
+
 # Evaluated classes, in report order.
-CLASSES: Tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
+CLASSES: Tuple[str, ...] = CLASS_NAMES
 # GT of the neighbouring class is "ignored" (may absorb a detection, never a TP or FN).
 NEIGHBOUR: Dict[str, Optional[str]] = {"Car": "Van", "Pedestrian": "Person_sitting", "Cyclist": None}
 

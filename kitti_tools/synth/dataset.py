@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from pointdistiller.utils.fileio import atomic_write_json
+from pointdistiller.kitti_tools.fileio import atomic_write_json
 
 from ..io import frame_paths, write_calib, write_ids, write_label, write_png_header_only, write_velodyne
 from .frame import SynthFrame, render_frame

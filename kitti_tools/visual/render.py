@@ -216,7 +216,7 @@ def compose(panels: Sequence[np.ndarray], titles: Sequence[str], width: int = 12
 
 def save_png(path: str, image: np.ndarray) -> None:
     """Writes ``image`` as PNG atomically."""
-    from pointdistiller.utils.fileio import atomic_open
+    from pointdistiller.kitti_tools.fileio import atomic_open
 
     with atomic_open(path, "wb") as f:
         Image.fromarray(image).save(f, format="PNG")

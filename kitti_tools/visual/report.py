@@ -184,7 +184,7 @@ def write_report(out_dir: str, gt_dir: str, det_dir: str, ids: Optional[Sequence
     """
     import shutil
 
-    from pointdistiller.utils.fileio import atomic_write_text, check_writable_dir
+    from pointdistiller.kitti_tools.fileio import atomic_write_text, check_writable_dir
 
     from .frame import VIEWS, load_frame, render_frame
     from .render import save_png

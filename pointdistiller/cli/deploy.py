@@ -54,7 +54,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pointdistiller.kitti_tools import io as kio
     from pointdistiller.kitti_tools.errors import KittiFormatError
     from pointdistiller.kitti_tools.results import detections_to_kitti, write_results
-    from pointdistiller.utils.fileio import OutputError, check_writable_dir
+    from pointdistiller.kitti_tools.fileio import OutputError, check_writable_dir
 
     try:
         check_writable_dir(args.out, "--out")

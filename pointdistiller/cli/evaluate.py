@@ -44,7 +44,7 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides: Sequence[str] =
     from pointdistiller.engine.sections import DataConfig, TrainConfig
     from pointdistiller.engine.trainer import (RunError, build_loader, evaluate_detector,
                                                resolve_dataset_root, resolve_device)
-    from pointdistiller.utils.fileio import check_writable_dir
+    from pointdistiller.kitti_tools.fileio import check_writable_dir
 
     cfg = load_config(config, overrides)
     if cfg.model is None:
@@ -104,7 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pointdistiller.engine.checkpoint import CheckpointError
     from pointdistiller.engine.trainer import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
-    from pointdistiller.utils.fileio import (OutputError, atomic_write_json, check_writable_dir,
+    from pointdistiller.kitti_tools.fileio import (OutputError, atomic_write_json, check_writable_dir,
                                             check_writable_file)
 
     try:

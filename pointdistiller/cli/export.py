@@ -51,7 +51,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from pointdistiller.deploy.export import DEFAULT_OPSET, ExportError, export_bundle
     from pointdistiller.engine.checkpoint import CheckpointError
-    from pointdistiller.utils.fileio import OutputError
+    from pointdistiller.kitti_tools.fileio import OutputError
 
     try:
         with _quiet_exporter():

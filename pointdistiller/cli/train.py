@@ -60,7 +60,7 @@ def train_one(config: str, work_dir: str, overrides: Sequence[str] = (), teacher
 
 def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) -> int:
     from pointdistiller.engine.trainer import gap_closed, moderate_table, teacher_checkpoint
-    from pointdistiller.utils.fileio import atomic_write_json
+    from pointdistiller.kitti_tools.fileio import atomic_write_json
 
     from .evaluate import evaluate_checkpoint
 
@@ -103,7 +103,7 @@ def demo_report(work_dir: str, rows, quick: bool) -> str:
     import html
 
     from pointdistiller.engine.trainer import moderate_table
-    from pointdistiller.utils.fileio import atomic_write_text
+    from pointdistiller.kitti_tools.fileio import atomic_write_text
 
     from .evaluate import report_for_results
 
@@ -131,7 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pointdistiller.engine.checkpoint import CheckpointError
     from pointdistiller.engine.trainer import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
-    from pointdistiller.utils.fileio import OutputError
+    from pointdistiller.kitti_tools.fileio import OutputError
 
     try:
         if args.demo:

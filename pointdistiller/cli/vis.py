@@ -152,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pointdistiller.engine.checkpoint import CheckpointError
     from pointdistiller.engine.trainer import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
-    from pointdistiller.utils.fileio import OutputError
+    from pointdistiller.kitti_tools.fileio import OutputError
 
     try:
         if args.command == "frame":

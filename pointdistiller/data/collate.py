@@ -1,4 +1,4 @@
-"""Turns a list of samples into one :class:`~pointdistiller.data.batch.Batch`, voxelizing each
+"""Turns a list of samples into one :class:`~pointdistiller.detectors.batch.Batch`, voxelizing each
 point cloud in the data-loader worker (so the training process only moves tensors to the GPU)."""
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
@@ -6,7 +6,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .batch import Batch, offsets_from_counts
+from pointdistiller.detectors.batch import Batch, offsets_from_counts
 
 
 @dataclass

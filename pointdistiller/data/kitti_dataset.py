@@ -21,7 +21,7 @@ from pointdistiller.kitti_tools.io import KITTI_TYPES, read_velodyne
 from pointdistiller.kitti_tools.prepare import INFO_FORMAT
 
 from .augment import AugmentConfig, GTSampler, augment_scene, boxes_in_range, points_in_range
-from .batch import CLASS_NAMES
+from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from .collate import Sample
 
 # PointPillars' KITTI range (architectures.md): (xmin, ymin, zmin, xmax, ymax, zmax), metres.

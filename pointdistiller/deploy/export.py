@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pointdistiller.utils.fileio import OutputError, check_writable_dir
+from pointdistiller.kitti_tools.fileio import OutputError, check_writable_dir
 
 from .bundle import ANCHORS, BUNDLE_FORMAT, DEPLOY_JSON, MODEL_ONNX, OUTPUT_NAMES, INPUT_NAMES
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pointdistiller.utils.fileio import atomic_torch_save
+from pointdistiller.kitti_tools.fileio import atomic_torch_save
 
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)

@@ -30,11 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from pointdistiller.config import Config, ConfigError, config_to_dict, load_config
-from pointdistiller.data.batch import CLASS_NAMES
+from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.data.collate import VoxelCollator
 from pointdistiller.data.kitti_dataset import KittiDataset, _worker_init
 from pointdistiller.detectors.build import build_detector, voxelization_settings
-from pointdistiller.utils.fileio import (append_line, atomic_open, atomic_torch_save,
+from pointdistiller.kitti_tools.fileio import (append_line, atomic_open, atomic_torch_save,
                                         atomic_write_json, check_writable_dir,
                                         remove_stale_temporaries)
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pointdistiller.data.augment import AugmentConfig
-from pointdistiller.data.batch import CLASS_NAMES, Batch
+from pointdistiller.detectors.batch import Batch
+from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.data.collate import Sample, VoxelCollator
 from pointdistiller.data.kitti_dataset import KittiDataset, build_dataloader, set_epoch
 from pointdistiller.kitti_tools.errors import KittiFormatError

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pointdistiller.data.batch import Batch, offsets_from_counts
+from pointdistiller.detectors.batch import Batch, offsets_from_counts
 from pointdistiller.detectors.box_coding import ResidualCoder
 from pointdistiller.detectors.heads import AnchorHead, HeadOutput
 from pointdistiller.detectors.losses import (add_sin_difference, box_regression_loss,

@@ -10,8 +10,6 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import Tensor
 
-# Fixed class order of every head, label and result file in this toolkit.
-CLASS_NAMES = ("Car", "Pedestrian", "Cyclist")
 
 
 @dataclass
@@ -28,7 +26,7 @@ class Batch:
         voxel_offsets: ``[B + 1]`` int64; voxels of sample ``b`` are contiguous.
         gt_boxes: ``[G, 7]`` float32 LiDAR boxes ``(x, y, z_centre, l, w, h, yaw)``; yaw is about +z,
             0 when the length points along +x.
-        gt_labels: ``[G]`` int64 class index into ``CLASS_NAMES``.
+        gt_labels: ``[G]`` int64 class index into ``kitti_tools.classes.CLASS_NAMES``.
         gt_offsets: ``[B + 1]`` int64.
         frame_ids: the B frame ids (e.g. ``"000008"``).
         meta: per-sample extras (calibration, image shape, augmentation record), length B.
