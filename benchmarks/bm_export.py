@@ -39,7 +39,7 @@ KITTI = os.environ.get("PD_KITTI_SAMPLE") or os.path.join(os.path.dirname(REPO),
 def _frames(synthetic: int):
     """(points, calib, image shape) of the real sample scans and ``synthetic`` val scenes."""
     from pointdistiller.engine.sections import DataConfig
-    from pointdistiller.engine.trainer import resolve_dataset_root
+    from pointdistiller.engine.data import resolve_dataset_root
     from pointdistiller.kitti_tools import io as kio
 
     out = []
@@ -151,7 +151,7 @@ def ap_parity(ckpt: str, tmp: str) -> dict:
     from pointdistiller.cli.evaluate import evaluate_checkpoint
     from pointdistiller.config import load_config
     from pointdistiller.engine.sections import DataConfig
-    from pointdistiller.engine.trainer import resolve_dataset_root
+    from pointdistiller.engine.data import resolve_dataset_root
     from pointdistiller.kitti_tools import io as kio
     from pointdistiller.kitti_tools.evaluation import evaluate_dirs
 

@@ -7,7 +7,7 @@ from pointdistiller.detectors.batch import Batch
 from .backbones_2d import SECONDBackbone, SECONDFPN
 from .heads.anchor_head import AnchorHead
 from .middle_encoders import PointPillarsScatter
-from .outputs import DetectorOutput
+from .outputs import DetectorOutput, FeatureTap
 from .voxel_encoders import PillarFeatureNet, VoxelizationSettings, grid_size
 
 
@@ -58,9 +58,15 @@ class PointPillars(nn.Module):
         self.backbone = SECONDBackbone(pillar_channels, backbone_layers, backbone_strides,
                                        backbone_channels)
         self.neck = SECONDFPN(backbone_channels, neck_strides, neck_channels)
-        feature_map_size = self.neck.output_size(self.backbone.output_sizes(ny, nx))
+        sizes = self.backbone.output_sizes(ny, nx)
+        feature_map_size = self.neck.output_size(sizes)
         self.head = AnchorHead(self.neck.out_channels, list(point_range), feature_map_size,
                                **(head or {}))
+        self.feature_info: List[FeatureTap] = (
+            [FeatureTap("pfn", pillar_channels, "voxel")]
+            + [FeatureTap(f"backbone.{i}", c, "bev", nx // w)
+               for i, (c, (_, w)) in enumerate(zip(self.backbone.out_channels, sizes))]
+            + [FeatureTap("neck", self.neck.out_channels, "bev", nx // feature_map_size[1])])
 
     def forward(self, batch: Batch) -> DetectorOutput:
         pfn = self.voxel_encoder(batch.voxels, batch.voxel_num_points, batch.voxel_coords)  # [V, P]

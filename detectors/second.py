@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from pointdistiller.detectors.batch import Batch
 from .backbones_2d import SECONDBackbone, SECONDFPN
 from .heads.anchor_head import AnchorHead
-from .outputs import DetectorOutput
+from .outputs import DetectorOutput, FeatureTap
 from .voxel_encoders import MeanVFE, VoxelizationSettings, grid_size
 
 
@@ -67,9 +67,15 @@ class SECOND(nn.Module):
         self.backbone = SECONDBackbone(self.encoder.out_channels, backbone_layers, backbone_strides,
                                        backbone_channels)
         self.neck = SECONDFPN(backbone_channels, neck_strides, neck_channels)
-        feature_map_size = self.neck.output_size(self.backbone.output_sizes(bev_h, bev_w))
+        sizes = self.backbone.output_sizes(bev_h, bev_w)
+        feature_map_size = self.neck.output_size(sizes)
         self.head = AnchorHead(self.neck.out_channels, list(point_range), feature_map_size,
                                **(head or {}))
+        self.feature_info: List[FeatureTap] = (
+            [FeatureTap("encoder", self.encoder.out_channels, "bev", nx // bev_w)]
+            + [FeatureTap(f"backbone.{i}", c, "bev", nx // w)
+               for i, (c, (_, w)) in enumerate(zip(self.backbone.out_channels, sizes))]
+            + [FeatureTap("neck", self.neck.out_channels, "bev", nx // feature_map_size[1])])
 
     def forward(self, batch: Batch) -> DetectorOutput:
         voxel_features = self.voxel_encoder(batch.voxels, batch.voxel_num_points)   # [V, 4]

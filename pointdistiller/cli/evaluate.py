@@ -41,9 +41,11 @@ def evaluate_checkpoint(config: str, checkpoint: str, overrides: Sequence[str] =
     """
     from pointdistiller.detectors.build import build_detector
     from pointdistiller.engine.checkpoint import load_checkpoint, load_model_weights
+    from pointdistiller.engine.data import build_loader, resolve_dataset_root
+    from pointdistiller.engine.errors import RunError
+    from pointdistiller.engine.evaluation import evaluate_detector
     from pointdistiller.engine.sections import DataConfig, TrainConfig
-    from pointdistiller.engine.trainer import (RunError, build_loader, evaluate_detector,
-                                               resolve_dataset_root, resolve_device)
+    from pointdistiller.engine.trainer import resolve_device
     from pointdistiller.kitti_tools.fileio import check_writable_dir
 
     cfg = load_config(config, overrides)
@@ -83,7 +85,7 @@ def report_for_results(results: str, config: str, overrides: Sequence[str] = (),
                        title: Optional[str] = None) -> str:
     """The HTML report of the result files ``results`` of ``config``'s dataset split."""
     from pointdistiller.engine.sections import DataConfig
-    from pointdistiller.engine.trainer import resolve_dataset_root
+    from pointdistiller.engine.data import resolve_dataset_root
     from pointdistiller.kitti_tools.io import read_ids
     from pointdistiller.kitti_tools.visual.report import write_report
 
@@ -102,7 +104,7 @@ def report_for_results(results: str, config: str, overrides: Sequence[str] = (),
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from pointdistiller.engine.checkpoint import CheckpointError
-    from pointdistiller.engine.trainer import RunError
+    from pointdistiller.engine.errors import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
     from pointdistiller.kitti_tools.fileio import (OutputError, atomic_write_json, check_writable_dir,
                                             check_writable_file)

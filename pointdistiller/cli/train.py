@@ -59,7 +59,8 @@ def train_one(config: str, work_dir: str, overrides: Sequence[str] = (), teacher
 
 
 def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) -> int:
-    from pointdistiller.engine.trainer import gap_closed, moderate_table, teacher_checkpoint
+    from pointdistiller.engine.evaluation import gap_closed, moderate_table
+    from pointdistiller.engine.teacher import teacher_checkpoint
     from pointdistiller.kitti_tools.fileio import atomic_write_json
 
     from .evaluate import evaluate_checkpoint
@@ -102,7 +103,7 @@ def demo_report(work_dir: str, rows, quick: bool) -> str:
     page with the side-by-side table; returns the index's path."""
     import html
 
-    from pointdistiller.engine.trainer import moderate_table
+    from pointdistiller.engine.evaluation import moderate_table
     from pointdistiller.kitti_tools.fileio import atomic_write_text
 
     from .evaluate import report_for_results
@@ -129,7 +130,7 @@ def demo_report(work_dir: str, rows, quick: bool) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from pointdistiller.engine.checkpoint import CheckpointError
-    from pointdistiller.engine.trainer import RunError
+    from pointdistiller.engine.errors import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
     from pointdistiller.kitti_tools.fileio import OutputError
 

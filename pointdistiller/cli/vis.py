@@ -15,7 +15,6 @@ edges (teacher feature space) of the ``--edges`` most important nodes: the pictu
 and tau. The selection depends on the teacher alone; no student is needed.
 """
 import argparse
-import os
 import sys
 from typing import List, Optional
 
@@ -71,7 +70,9 @@ def distill_picture(config: str, frame_id: str, root: Optional[str] = None, spli
     from pointdistiller.distill.distiller import _nodes
     from pointdistiller.distill.local import LocalDistillation, effective_count
     from pointdistiller.engine.sections import DataConfig
-    from pointdistiller.engine.trainer import load_teacher, resolve_dataset_root, RunError
+    from pointdistiller.engine.data import resolve_dataset_root
+    from pointdistiller.engine.errors import RunError
+    from pointdistiller.engine.teacher import load_teacher
     from pointdistiller.kitti_tools.geometry import fov_mask
     from pointdistiller.kitti_tools.visual.frame import load_frame
     from pointdistiller.kitti_tools.visual.render import BevView, FrameBoxes, render_bev
@@ -150,7 +151,7 @@ def _weight_colours(weights: np.ndarray) -> np.ndarray:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from pointdistiller.engine.checkpoint import CheckpointError
-    from pointdistiller.engine.trainer import RunError
+    from pointdistiller.engine.errors import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
     from pointdistiller.kitti_tools.fileio import OutputError
 

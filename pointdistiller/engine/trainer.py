@@ -21,216 +21,31 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.utils.data import DataLoader, Sampler
 
-from pointdistiller.config import Config, ConfigError, config_to_dict, load_config
+from pointdistiller.config import Config, config_to_dict
+from pointdistiller.detectors.build import build_detector
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
-from pointdistiller.data.collate import VoxelCollator
-from pointdistiller.data.kitti_dataset import KittiDataset, _worker_init
-from pointdistiller.detectors.build import build_detector, voxelization_settings
 from pointdistiller.kitti_tools.fileio import (append_line, atomic_open, atomic_torch_save,
-                                        atomic_write_json, check_writable_dir,
-                                        remove_stale_temporaries)
+                                               atomic_write_json, check_writable_dir,
+                                               remove_stale_temporaries)
 
 from . import dist
 from .checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_model_weights,
-                         save_training_state, set_rng_state, sha256_file)
+                         save_training_state, set_rng_state)
+from .data import build_loader, resolve_dataset_root
+from .errors import RunError
+from .evaluation import evaluate_detector
 from .schedule import OneCycle
 from .sections import DataConfig, TrainConfig
+from .teacher import DetectionObjective, check_alignment, load_teacher
 
 
-class RunError(ValueError):
-    """A run cannot start: bad work dir, teacher, dataset or config combination."""
-
-
-# --------------------------------------------------------------------------------------------------
-# data
-# --------------------------------------------------------------------------------------------------
-class ResumableSampler(Sampler):
-    """Shuffled (or sequential) indices of one epoch from ``(seed, epoch)``, split between ranks like
-    ``DistributedSampler`` (padded to a multiple of the world size), skipping the first ``start``
-    indices of this rank (the samples a resumed run has already seen)."""
-
-    def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1):
-        self.size, self.shuffle, self.seed, self.rank, self.world = size, shuffle, seed, rank, world
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def _indices(self) -> List[int]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
-        per_rank = math.ceil(self.size / self.world) if self.size else 0
-        order += order[:per_rank * self.world - len(order)]
-        return order[self.rank::self.world]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start:])
-
-    def __len__(self) -> int:
-        return max(0, (math.ceil(self.size / self.world) if self.size else 0) - self.start)
-
-
-class _Repeated(torch.utils.data.Dataset):
-    """``dataset`` repeated ``times`` (index i -> i % len); keeps ``set_epoch``."""
-
-    def __init__(self, dataset, times: int):
-        self.dataset, self.times = dataset, times
-
-    def __len__(self):
-        return len(self.dataset) * self.times
-
-    def __getitem__(self, i):
-        return self.dataset[i % len(self.dataset)]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
-
-
-def cache_root() -> str:
-    return os.environ.get("PD_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "pointdistiller")
-
-
-def resolve_dataset_root(data: DataConfig, log=print) -> str:
-    """The prepared KITTI root of ``data``: the configured one, or the built-in synthetic scenes
-    (generated and prepared on first use, then reused)."""
-    if data.root is not None:
-        root = os.path.abspath(os.path.expanduser(data.root))
-        info = os.path.join(root, f"kitti_infos_{data.train_split}.json")
-        if not os.path.isfile(info):
-            raise RunError(f"data.root: {info} not found; run `kitti-tools prepare --root {root}` first")
-        return root
-    from pointdistiller.kitti_tools.prepare import prepare_kitti
-    from pointdistiller.kitti_tools.synth.dataset import generate_dataset
-
-    root = data.synthetic_dir or os.path.join(
-        cache_root(), f"synthetic-{data.synthetic_frames}-{data.synthetic_seed}")
-    done = os.path.join(root, ".prepared")
-    if not os.path.isfile(done):
-        if dist.is_main():
-            log(f"generating {data.synthetic_frames} synthetic KITTI-layout scenes in {root} "
-                f"(once; reused afterwards)")
-            generate_dataset(root, data.synthetic_frames, seed=data.synthetic_seed, progress=True)
-            prepare_kitti(root, splits=("train", "val", "trainval"), progress=True, log=log)
-            with atomic_open(done, "w") as f:
-                f.write("ok\n")
-        dist.barrier()
-    return root
-
-
-def build_loader(root: str, data: DataConfig, model_cfg: Dict, train: TrainConfig, split: str,
-                 training: bool) -> Tuple[DataLoader, KittiDataset]:
-    """A DataLoader of ``split`` voxelized with the model's settings (train or test voxel budget)."""
-    info = os.path.join(root, f"kitti_infos_{split}.json")
-    if not os.path.isfile(info):
-        raise RunError(f"{info} not found (split {split!r}); run `kitti-tools prepare --root {root}`")
-    dataset = KittiDataset(info, root, class_names=CLASS_NAMES, point_range=model_cfg["point_range"],
-                           training=training, augment=data.augment if training else None,
-                           fov_reduce=data.fov_reduce, seed=train.seed,
-                           num_features=model_cfg.get("num_point_features", 4))
-    if len(dataset) == 0:
-        raise RunError(f"{info}: the {split} split holds no frames")
-    collate = VoxelCollator(model_cfg["voxel_size"], model_cfg["point_range"],
-                            model_cfg["max_points_per_voxel"],
-                            model_cfg["max_voxels"][0 if training else 1])
-    ds = _Repeated(dataset, train.repeat) if training and train.repeat > 1 else dataset
-    sampler = ResumableSampler(len(ds), shuffle=training, seed=train.seed, rank=dist.rank(),
-                               world=dist.world_size())
-    loader = DataLoader(ds, batch_size=train.batch_size,
-                        sampler=sampler, num_workers=train.workers, collate_fn=collate,
-                        drop_last=False, worker_init_fn=_worker_init if train.workers > 0 else None,
-                        persistent_workers=False)
-    return loader, dataset
-
-
-# --------------------------------------------------------------------------------------------------
-# models
-# --------------------------------------------------------------------------------------------------
-class DetectionObjective(nn.Module):
-    """A detector trained on its own detection loss (same interface as ``Distiller``)."""
-
-    def __init__(self, student: nn.Module):
-        super().__init__()
-        self.student = student
-
-    def forward(self, batch):
-        return self.student.loss(batch, self.student(batch)), {}
-
-
-def teacher_checkpoint(cfg: Config, config_path: str, checkpoint: Optional[str] = None) -> str:
-    """The teacher's weights file: ``checkpoint`` (``--teacher``) or ``teacher.checkpoint`` (relative
-    to the config's folder), checked to exist and, when ``teacher.sha256`` is set, to hash to it."""
-    ckpt = checkpoint or (cfg.teacher.checkpoint if cfg.teacher else None)
-    if not ckpt:
-        raise RunError("no teacher checkpoint: set teacher.checkpoint or pass --teacher CKPT")
-    if not os.path.isabs(ckpt) and checkpoint is None:
-        ckpt = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), ckpt))
-    if not os.path.isfile(ckpt):
-        raise RunError(f"teacher checkpoint {ckpt} not found")
-    if cfg.teacher and cfg.teacher.sha256:
-        digest = sha256_file(ckpt)
-        if digest != cfg.teacher.sha256.lower():
-            raise RunError(f"teacher checkpoint {ckpt}: sha256 {digest} does not match "
-                           f"teacher.sha256 {cfg.teacher.sha256}")
-    return ckpt
-
-
-def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], device) -> Tuple[nn.Module, Dict]:
-    """Builds the teacher from ``teacher.config`` and loads its verified checkpoint."""
-    if cfg.teacher is None or not cfg.teacher.config:
-        raise RunError(f"{config_path}: distillation needs a 'teacher' section with 'config'")
-    t_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), cfg.teacher.config))
-    try:
-        t_cfg = load_config(t_path)
-    except ConfigError as exc:
-        raise RunError(f"teacher.config: {exc}") from None
-    if t_cfg.model is None:
-        raise RunError(f"teacher.config: {t_path} has no model section")
-    ckpt = teacher_checkpoint(cfg, config_path, checkpoint)
-    teacher = build_detector(t_cfg.model)
-    try:
-        state = load_checkpoint(ckpt)
-        load_model_weights(teacher, state, ckpt, what="teacher")
-    except CheckpointError as exc:
-        raise RunError(str(exc)) from None
-    return teacher.to(device), t_cfg.model
-
-
-def check_alignment(student_cfg: Dict, teacher_cfg: Dict) -> None:
-    """Teacher and student must voxelize identically, or node indices would not align."""
-    s, t = voxelization_settings(student_cfg), voxelization_settings(teacher_cfg)
-    if s != t:
-        diff = [f"{k}: teacher {getattr(t, k)} vs student {getattr(s, k)}"
-                for k in ("voxel_size", "point_range", "max_points", "max_voxels")
-                if getattr(t, k) != getattr(s, k)]
-        raise RunError("teacher and student voxelize differently, so their features cannot be "
-                       "matched: " + "; ".join(diff))
-
-
-def feature_channels(model: nn.Module, batch) -> Dict[str, Tuple[int, ...]]:
-    """Shapes of every feature tap of ``model`` on ``batch`` (channels first after the node dim)."""
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        out = model(batch)
-    model.train(was)
-    return {k: tuple(v.shape) for k, v in out.features.items()}
-
-
-# --------------------------------------------------------------------------------------------------
-# the run
-# --------------------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     work_dir: str
@@ -342,19 +157,18 @@ class Trainer:
             teacher, t_model_cfg = load_teacher(self.cfg, self.config_path, self.teacher_checkpoint,
                                                 self.device)
             check_alignment(self.cfg.model, t_model_cfg)
-            probe = next(iter(self._probe_loader())).to(self.device)
-            t_shapes, s_shapes = feature_channels(teacher, probe), feature_channels(self.student, probe)
-            for name in set(t_shapes) & set(s_shapes):
-                ts, ss = t_shapes[name], s_shapes[name]
-                spatial_t = (ts[0],) + ts[2:]
-                spatial_s = (ss[0],) + ss[2:]
-                if spatial_t != spatial_s:
-                    raise RunError(f"feature tap {name!r}: teacher {ts} and student {ss} have different "
-                                   f"node/grid sizes, so they cannot be matched")
+            t_taps = {t.name: t for t in teacher.feature_info}
+            s_taps = {t.name: t for t in self.student.feature_info}
+            for name in set(t_taps) & set(s_taps):
+                tt, st = t_taps[name], s_taps[name]
+                if (tt.kind, tt.stride) != (st.kind, st.stride):
+                    raise RunError(f"feature tap {name!r}: the teacher's is a {tt.kind} tap of stride "
+                                   f"{tt.stride}, the student's a {st.kind} tap of stride {st.stride}; "
+                                   f"their nodes cannot be matched")
             try:
                 self.distiller = Distiller(self.student, teacher, self.cfg.distill,
-                                           {k: v[1] for k, v in t_shapes.items()},
-                                           {k: v[1] for k, v in s_shapes.items()},
+                                           {k: v.channels for k, v in t_taps.items()},
+                                           {k: v.channels for k, v in s_taps.items()},
                                            num_classes=len(CLASS_NAMES)).to(self.device)
             except ValueError as exc:
                 raise RunError(str(exc)) from None
@@ -384,10 +198,6 @@ class Trainer:
         self.iteration = 0
         if self.resume:
             self._load_latest()
-
-    def _probe_loader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=min(2, len(self.train_set)),
-                          collate_fn=self.train_loader.collate_fn, num_workers=0)
 
     def _kd_modules(self) -> Optional[nn.Module]:
         return self.distiller.kd_modules() if self.distiller is not None else None
@@ -550,63 +360,3 @@ class Trainer:
                     writer.add_scalar(f"val/{cls}_{metric}_moderate_R40",
                                       metrics["strict"][cls][metric]["R40"][1], self.iteration)
         return metrics
-
-
-def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: KittiDataset, out_dir: str,
-                      device) -> Tuple[Dict, str]:
-    """Runs ``model`` over ``loader``, writes one KITTI result file per frame into ``out_dir`` and
-    evaluates against the frames' label files. Returns (kitti-tools eval JSON dict, summary text)."""
-    from pointdistiller.kitti_tools.evaluation.core import evaluate
-    from pointdistiller.kitti_tools.io import read_label
-    from pointdistiller.kitti_tools.results import detections_to_kitti, write_results
-
-    label_paths = {f["frame_id"]: os.path.join(dataset.root, f["label_path"])
-                   for f in dataset.frames if "label_path" in f}
-    was = model.training
-    model.eval()
-    gt_annos, dt_annos = [], []
-    sampler = loader.sampler
-    if isinstance(sampler, ResumableSampler):
-        sampler.set_epoch(0, 0)
-    with torch.no_grad():
-        for batch in loader:
-            batch = batch.to(device)
-            dets = model.predict(batch, model(batch))
-            for b, det in enumerate(dets):
-                meta = batch.meta[b]
-                objs = detections_to_kitti(det.boxes.cpu(), det.scores.cpu(), det.labels.cpu(),
-                                           CLASS_NAMES, meta["calib"], meta["image_shape"])
-                write_results(out_dir, batch.frame_ids[b], objs)
-                dt_annos.append(objs)
-                gt_annos.append(read_label(label_paths[batch.frame_ids[b]]))
-    model.train(was)
-    result = evaluate(gt_annos, dt_annos, CLASS_NAMES)
-    return result.to_json_dict(), result.summary()
-
-
-def moderate_map(metrics: Dict, metric: str = "bev") -> float:
-    """Mean over the classes of the moderate AP_R40 (strict overlaps); ``metric`` is "3d" or "bev"."""
-    return float(np.mean([metrics["strict"][c][metric]["R40"][1] for c in CLASS_NAMES]))
-
-
-def gap_closed(teacher: Dict, plain: Dict, distilled: Dict, metric: str = "bev") -> Optional[float]:
-    """The paper's "gap closed", ``(distilled - plain) / (teacher - plain)`` in moderate mAP; None
-    when the plain student is not behind the teacher."""
-    gap = moderate_map(teacher, metric) - moderate_map(plain, metric)
-    if gap <= 0:
-        return None
-    return (moderate_map(distilled, metric) - moderate_map(plain, metric)) / gap
-
-
-def moderate_table(rows: List[Tuple[str, Dict]]) -> str:
-    """A side-by-side table of 3D and BEV AP_R40 (moderate, strict) per class and their mean."""
-    width = max([28] + [len(name) + 2 for name, _ in rows])
-    head = f"{'model':<{width}}" + "".join(f"{c[:3] + ' ' + m:>10}" for m in ("3D", "BEV") for c in CLASS_NAMES) \
-        + f"{'mAP 3D':>9}{'mAP BEV':>9}"
-    lines = [head, "-" * len(head)]
-    for name, metrics in rows:
-        vals = {m: [metrics["strict"][c][key]["R40"][1] for c in CLASS_NAMES]
-                for m, key in (("3D", "3d"), ("BEV", "bev"))}
-        lines.append(f"{name:<{width}}" + "".join(f"{v:>10.2f}" for m in ("3D", "BEV") for v in vals[m])
-                     + f"{np.mean(vals['3D']):>9.2f}{np.mean(vals['BEV']):>9.2f}")
-    return "\n".join(lines)

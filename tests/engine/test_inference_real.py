@@ -7,7 +7,8 @@ import torch
 
 from pointdistiller.config import load_config
 from pointdistiller.detectors.build import build_detector
-from pointdistiller.engine.trainer import build_loader, evaluate_detector
+from pointdistiller.engine.data import build_loader
+from pointdistiller.engine.evaluation import evaluate_detector
 from pointdistiller.kitti_tools.io import read_image_size, read_label
 from pointdistiller.kitti_tools.prepare import prepare_kitti
 

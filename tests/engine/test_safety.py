@@ -14,7 +14,7 @@ from pointdistiller.cli import evaluate as pd_eval
 from pointdistiller.cli import train as pd_train
 from pointdistiller.engine.checkpoint import load_checkpoint
 
-from conftest import REPO, train
+from trainer_runs import REPO, train
 
 
 class _RunsCommand:

@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from pointdistiller.engine.trainer import RunError
+from pointdistiller.engine.errors import RunError
 
-from conftest import REPO, train as _train
+from trainer_runs import train as _train
 
 def test_training_run_writes_everything(tmp_path, synth_root, configs):
     result = _train(tmp_path, synth_root, configs, extra=("train.max_iters=3",))

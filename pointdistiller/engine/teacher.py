@@ -1,0 +1,73 @@
+"""The models of a run besides the student: the plain detection objective, and the teacher of a
+distillation run (its checkpoint found and verified, its voxelization checked against the student's)."""
+import os
+from typing import Dict, Optional, Tuple
+
+from torch import nn
+
+from pointdistiller.config import Config, ConfigError, load_config
+from pointdistiller.detectors.build import build_detector, voxelization_settings
+
+from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, sha256_file
+from .errors import RunError
+
+
+class DetectionObjective(nn.Module):
+    """A detector trained on its own detection loss (same interface as ``Distiller``)."""
+
+    def __init__(self, student: nn.Module):
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch):
+        return self.student.loss(batch, self.student(batch)), {}
+
+
+def teacher_checkpoint(cfg: Config, config_path: str, checkpoint: Optional[str] = None) -> str:
+    """The teacher's weights file: ``checkpoint`` (``--teacher``) or ``teacher.checkpoint`` (relative
+    to the config's folder), checked to exist and, when ``teacher.sha256`` is set, to hash to it."""
+    ckpt = checkpoint or (cfg.teacher.checkpoint if cfg.teacher else None)
+    if not ckpt:
+        raise RunError("no teacher checkpoint: set teacher.checkpoint or pass --teacher CKPT")
+    if not os.path.isabs(ckpt) and checkpoint is None:
+        ckpt = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), ckpt))
+    if not os.path.isfile(ckpt):
+        raise RunError(f"teacher checkpoint {ckpt} not found")
+    if cfg.teacher and cfg.teacher.sha256:
+        digest = sha256_file(ckpt)
+        if digest != cfg.teacher.sha256.lower():
+            raise RunError(f"teacher checkpoint {ckpt}: sha256 {digest} does not match "
+                           f"teacher.sha256 {cfg.teacher.sha256}")
+    return ckpt
+
+
+def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], device) -> Tuple[nn.Module, Dict]:
+    """Builds the teacher from ``teacher.config`` and loads its verified checkpoint."""
+    if cfg.teacher is None or not cfg.teacher.config:
+        raise RunError(f"{config_path}: distillation needs a 'teacher' section with 'config'")
+    t_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), cfg.teacher.config))
+    try:
+        t_cfg = load_config(t_path)
+    except ConfigError as exc:
+        raise RunError(f"teacher.config: {exc}") from None
+    if t_cfg.model is None:
+        raise RunError(f"teacher.config: {t_path} has no model section")
+    ckpt = teacher_checkpoint(cfg, config_path, checkpoint)
+    teacher = build_detector(t_cfg.model)
+    try:
+        state = load_checkpoint(ckpt)
+        load_model_weights(teacher, state, ckpt, what="teacher")
+    except CheckpointError as exc:
+        raise RunError(str(exc)) from None
+    return teacher.to(device), t_cfg.model
+
+
+def check_alignment(student_cfg: Dict, teacher_cfg: Dict) -> None:
+    """Teacher and student must voxelize identically, or node indices would not align."""
+    s, t = voxelization_settings(student_cfg), voxelization_settings(teacher_cfg)
+    if s != t:
+        diff = [f"{k}: teacher {getattr(t, k)} vs student {getattr(s, k)}"
+                for k in ("voxel_size", "point_range", "max_points", "max_voxels")
+                if getattr(t, k) != getattr(s, k)]
+        raise RunError("teacher and student voxelize differently, so their features cannot be "
+                       "matched: " + "; ".join(diff))
