@@ -188,8 +188,8 @@ def _worker_b(mode: str, repeats: int, warmup: int, device_name: str) -> dict:
         local = ([LocalTermConfig(feature="pfn", num_nodes=PAPER["num_nodes"], k=PAPER["k"])]
                  if mode == "pointdistiller" else [])
         model = Distiller(student, teacher, DistillConfig(local=local),
-                          {"pfn": teacher_cfg["pillar_channels"]},
-                          {"pfn": student_cfg["pillar_channels"]}).to(device).train()
+                          {t.name: t for t in teacher.feature_info},
+                          {t.name: t for t in student.feature_info}).to(device).train()
         params = list(student.parameters()) + list(model.kd_modules().parameters())
 
         def step():

@@ -67,7 +67,7 @@ def distill_picture(config: str, frame_id: str, root: Optional[str] = None, spli
 
     from pointdistiller.config import load_config
     from pointdistiller.data.collate import Sample, VoxelCollator
-    from pointdistiller.distill.distiller import _nodes
+    from pointdistiller.distill.terms import _nodes
     from pointdistiller.distill.local import LocalDistillation, effective_count
     from pointdistiller.engine.sections import DataConfig
     from pointdistiller.engine.data import resolve_dataset_root

@@ -166,9 +166,7 @@ class Trainer:
                                    f"{tt.stride}, the student's a {st.kind} tap of stride {st.stride}; "
                                    f"their nodes cannot be matched")
             try:
-                self.distiller = Distiller(self.student, teacher, self.cfg.distill,
-                                           {k: v.channels for k, v in t_taps.items()},
-                                           {k: v.channels for k, v in s_taps.items()},
+                self.distiller = Distiller(self.student, teacher, self.cfg.distill, t_taps, s_taps,
                                            num_classes=len(CLASS_NAMES)).to(self.device)
             except ValueError as exc:
                 raise RunError(str(exc)) from None

@@ -12,7 +12,7 @@ import pointdistiller.distill.local as local
 from pointdistiller.distill.config import DistillConfig, LocalTermConfig
 from pointdistiller.distill.distiller import Distiller
 from pointdistiller.distill.local import LocalDistillation
-from pointdistiller.detectors.outputs import DetectorOutput
+from pointdistiller.detectors.outputs import DetectorOutput, FeatureTap
 
 
 # --------------------------------------------------------------------------------------------------
@@ -90,7 +90,8 @@ def test_importance_is_the_teachers_channel_max(monkeypatch):
     monkeypatch.setattr(LocalDistillation, "select", spy)
     cfg = DistillConfig(local=[LocalTermConfig(feature="bev", importance="channel_max", num_nodes=8,
                                                k=3, tau=1.0)])
-    distiller = Distiller(_Fixed(student_bev), _Fixed(teacher_bev), cfg, {"bev": 6}, {"bev": 3})
+    distiller = Distiller(_Fixed(student_bev), _Fixed(teacher_bev), cfg,
+                          {"bev": FeatureTap("bev", 6, "bev")}, {"bev": FeatureTap("bev", 3, "bev")})
     distiller(batch=None)
     # independent: node (b, y, x) is row b*20 + y*5 + x; its importance the max over the teacher's 6
     expected = teacher_bev.amax(dim=1).reshape(-1)

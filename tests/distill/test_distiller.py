@@ -8,6 +8,7 @@ from torch import nn
 
 from pointdistiller.config import load_config
 from pointdistiller.detectors.build import build_detector
+from pointdistiller.detectors.outputs import FeatureTap
 from pointdistiller.distill.config import DistillConfig, FeatureTermConfig, LocalTermConfig
 from pointdistiller.distill.distiller import Distiller
 from pointdistiller.distill.local import LocalDistillation
@@ -32,14 +33,16 @@ def pillars():
     return teacher, student, batch, t_cfg, s_cfg
 
 
+def _taps(model):
+    return {t.name: t for t in model.feature_info}
+
+
 def _pp_distiller(pillars, teacher_mode="eval", **term):
     teacher, student, _, t_cfg, s_cfg = pillars
     cfg = DistillConfig(teacher_mode=teacher_mode,
                         local=[LocalTermConfig(feature="pfn", num_nodes=400, k=16, **term)],
                         fitnet=[FeatureTermConfig(feature="backbone.2", loss_weight=0.5)])
-    chans_t = {"pfn": t_cfg["pillar_channels"], "backbone.2": t_cfg["backbone_channels"][2]}
-    chans_s = {"pfn": s_cfg["pillar_channels"], "backbone.2": s_cfg["backbone_channels"][2]}
-    return Distiller(student, teacher, cfg, chans_t, chans_s)
+    return Distiller(student, teacher, cfg, _taps(teacher), _taps(student))
 
 
 @pytest.mark.parametrize("teacher_mode", ["eval", "train"])
@@ -87,9 +90,11 @@ def test_pointpillars_unknown_tap_and_mismatched_nodes(pillars):
     teacher, student, batch, t_cfg, s_cfg = pillars
     cfg = DistillConfig(local=[LocalTermConfig(feature="pillars")])
     with pytest.raises(ValueError, match="no feature tap 'pillars'"):
-        Distiller(student, teacher, cfg, {"pfn": 64}, {"pfn": 32})
-    # channels known, but the model produces no such tap
-    distiller = Distiller(student, teacher, cfg, {"pillars": 64}, {"pillars": 32})
+        Distiller(student, teacher, cfg, _taps(teacher), _taps(student))
+    # declared, but the model produces no such tap
+    declared = {"pillars": FeatureTap("pillars", 64, "voxel")}
+    distiller = Distiller(student, teacher, cfg, declared,
+                          {"pillars": FeatureTap("pillars", 32, "voxel")})
     with pytest.raises(ValueError, match="output has no feature tap 'pillars'"):
         distiller(batch)
 
@@ -104,7 +109,7 @@ def test_pointpillars_unknown_tap_and_mismatched_nodes(pillars):
             return out
 
     distiller = Distiller(student, DropLastPillar(teacher), DistillConfig(
-        local=[LocalTermConfig(feature="pfn", num_nodes=100, k=8)]), {"pfn": 64}, {"pfn": 32})
+        local=[LocalTermConfig(feature="pfn", num_nodes=100, k=8)]), _taps(teacher), _taps(student))
     with pytest.raises(ValueError, match="tap 'pfn'"):
         distiller(batch)
     with pytest.raises(ValueError, match="teacher_mode"):
@@ -119,15 +124,15 @@ def test_second_bev_terms_channel_max():
     batch = make_batch(student, num_points=1500)
     terms = [LocalTermConfig(feature=f"backbone.{i}", importance="channel_max", num_nodes=32, k=8,
                              tau=1e-4) for i in range(2)]
-    chans = {"backbone.0": cfg["backbone_channels"][0], "backbone.1": cfg["backbone_channels"][1]}
-    distiller = Distiller(student, teacher, DistillConfig(local=terms), chans, chans).train()
+    taps = _taps(teacher)
+    distiller = Distiller(student, teacher, DistillConfig(local=terms), taps, taps).train()
     losses, stats = distiller(batch)
     assert losses["kd_local0"].item() >= 0 and losses["kd_local1"].item() >= 0
     assert stats["local0_selected"] == 32 and stats["local1_k"] == 8
     losses["total"].backward()
     assert all(p.grad is None for p in teacher.parameters())
-    graph = distiller.local_terms[1].student_graph.conv.weight
+    graph = distiller.terms["local"][1].student_graph.conv.weight
     assert graph.grad is not None and graph.grad.abs().sum() > 0
     bad = DistillConfig(local=[LocalTermConfig(feature="backbone.0", importance="num_points")])
     with pytest.raises(ValueError, match="needs a voxel tap"):
-        Distiller(student, teacher, bad, chans, chans)(batch)
+        Distiller(student, teacher, bad, taps, taps)

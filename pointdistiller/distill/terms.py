@@ -1,0 +1,135 @@
+"""The distillation terms behind one interface and one name -> class table.
+
+Every term is an ``nn.Module`` built from its config block and the two models' declared feature taps,
+and called as ``term(teacher_out, student_out, batch) -> (scalar loss, stats)`` with the models'
+``DetectorOutput``s. :data:`TERMS` maps each ``distill`` config field to its class; adding a method
+is one module with its term class (and its config dataclass in :mod:`.config`) and one entry here.
+
+Node taps (``[V, C]`` voxel or ``[N, C]`` point features) use the batch's voxel offsets, point counts
+and grid coordinates; BEV taps (``[B, C, H, W]``) become one node per cell (:func:`bev_to_nodes`).
+"""
+from typing import Dict, Mapping, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from pointdistiller.detectors.outputs import FeatureTap
+
+from .baselines import AttentionTransfer, FitNet, ResponseKD
+from .config import FeatureTermConfig, LocalTermConfig, ResponseTermConfig
+from .local import LocalDistillation, bev_to_nodes
+
+Taps = Mapping[str, FeatureTap]
+
+
+def _nodes(feature: Tensor, batch, name: str) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """(nodes [n, C], offsets [B+1], coords [n, D] float, points-per-node [n] or None)."""
+    if feature.dim() == 4:
+        nodes, offsets, coords = bev_to_nodes(feature)
+        return nodes, offsets, coords, None
+    if feature.dim() == 2:
+        if feature.shape[0] != batch.voxel_coords.shape[0]:
+            raise ValueError(f"distill: node tap {name!r} has {feature.shape[0]} rows but the batch has "
+                             f"{batch.voxel_coords.shape[0]} voxels")
+        return (feature, batch.voxel_offsets.to(feature.device),
+                batch.voxel_coords[:, 1:].to(feature.device).float(),
+                batch.voxel_num_points.to(feature.device))
+    raise ValueError(f"distill: feature tap {name!r} has shape {tuple(feature.shape)}; expected [n, C] "
+                     f"or [B, C, H, W]")
+
+
+def _pair(t_out, s_out, batch, name: str, where: str):
+    """(teacher nodes, offsets, coords, points-per-node or None, student nodes) of one tap."""
+    for model, out in (("teacher", t_out), ("student", s_out)):
+        if name not in out.features:
+            raise ValueError(f"distill.{where}: the {model}'s output has no feature tap {name!r} "
+                             f"(taps: {', '.join(sorted(out.features))})")
+    t_nodes, offsets, coords, npts = _nodes(t_out.features[name], batch, name)
+    s_nodes, s_offsets, _, _ = _nodes(s_out.features[name], batch, name)
+    if t_nodes.shape[0] != s_nodes.shape[0] or not torch.equal(offsets, s_offsets):
+        raise ValueError(f"distill.{where}: teacher and student tap {name!r} have different nodes "
+                         f"(teacher {tuple(t_out.features[name].shape)}, student "
+                         f"{tuple(s_out.features[name].shape)}); distillation needs the same "
+                         f"voxels / BEV grid in both")
+    return t_nodes, offsets, coords, npts, s_nodes
+
+
+def _widths(name: str, where: str, teacher: Taps, student: Taps) -> Tuple[int, int]:
+    for model, taps in (("teacher", teacher), ("student", student)):
+        if name not in taps:
+            raise ValueError(f"distill.{where}: the {model} has no feature tap {name!r} "
+                             f"(taps: {', '.join(sorted(taps))})")
+    return teacher[name].channels, student[name].channels
+
+
+class LocalTerm(LocalDistillation):
+    """PointDistiller's local distillation on one tap (:class:`LocalDistillation`); the importance
+    is the points per voxel (``num_points``, voxel taps) or the teacher's channel max."""
+
+    def __init__(self, cfg: LocalTermConfig, where: str, teacher: Taps, student: Taps,
+                 num_classes: int):
+        c_t, c_s = _widths(cfg.feature, f"{where}.feature", teacher, student)
+        if cfg.importance == "num_points" and teacher[cfg.feature].kind != "voxel":
+            raise ValueError(f"distill.{where}: importance 'num_points' needs a voxel tap, "
+                             f"{cfg.feature!r} is a {teacher[cfg.feature].kind} tap (use 'channel_max')")
+        super().__init__(c_t, c_s, num_nodes=cfg.num_nodes, k=cfg.k, tau=cfg.tau,
+                         loss_weight=cfg.loss_weight, pool=cfg.pool, reweight=cfg.reweight,
+                         knn_space=cfg.knn_space, selection=cfg.selection, edge_mode=cfg.edge_mode,
+                         graph_init=cfg.graph_init)
+        self.feature, self.importance, self.where = cfg.feature, cfg.importance, where
+
+    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
+        t_nodes, offsets, coords, npts, s_nodes = _pair(teacher_out, student_out, batch,
+                                                        self.feature, self.where)
+        if self.importance == "num_points":
+            importance = npts.float()
+        else:
+            importance = t_nodes.max(dim=1).values
+        return super().forward(t_nodes, s_nodes, importance, offsets, coords)
+
+
+class FitNetTerm(FitNet):
+    """FitNet on one tap (:class:`~.baselines.FitNet`)."""
+
+    def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
+                 num_classes: int):
+        super().__init__(*_widths(cfg.feature, f"{where}.feature", teacher, student),
+                         loss_weight=cfg.loss_weight)
+        self.feature, self.where = cfg.feature, where
+
+    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
+        t_nodes, offsets, _, _, s_nodes = _pair(teacher_out, student_out, batch, self.feature,
+                                                self.where)
+        return super().forward(t_nodes, s_nodes, offsets)
+
+
+class AttentionTerm(AttentionTransfer):
+    """Attention transfer on one tap (:class:`~.baselines.AttentionTransfer`)."""
+
+    def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
+                 num_classes: int):
+        super().__init__(*_widths(cfg.feature, f"{where}.feature", teacher, student),
+                         loss_weight=cfg.loss_weight)
+        self.feature, self.where = cfg.feature, where
+
+    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
+        t_nodes, offsets, _, _, s_nodes = _pair(teacher_out, student_out, batch, self.feature,
+                                                self.where)
+        return super().forward(t_nodes, s_nodes, offsets)
+
+
+class ResponseTerm(ResponseKD):
+    """Response KD on the head outputs (:class:`~.baselines.ResponseKD`)."""
+
+    def __init__(self, cfg: ResponseTermConfig, where: str, teacher: Taps, student: Taps,
+                 num_classes: int):
+        super().__init__(cfg.cls_weight, cfg.box_weight, cfg.temperature)
+        self.num_classes = num_classes
+
+    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
+        return super().forward(teacher_out.head, student_out.head, self.num_classes)
+
+
+# The ``distill`` config field of each term -> its class (list fields hold several terms).
+TERMS = {"local": LocalTerm, "fitnet": FitNetTerm, "attention": AttentionTerm,
+         "response": ResponseTerm}
