@@ -64,7 +64,7 @@ def _frames(synthetic: int):
 
 
 def _weights(name: str, args, tmp: str) -> str:
-    from pointdistiller.config import load_config
+    from pointdistiller.config import config_to_dict, load_config
     from pointdistiller.detectors.build import build_detector
     from pointdistiller.kitti_tools.fileio import atomic_torch_save
 
@@ -75,7 +75,7 @@ def _weights(name: str, args, tmp: str) -> str:
     torch.manual_seed(0)
     path = os.path.join(tmp, f"{name}.pt")
     atomic_torch_save({"format": 2, "model": build_detector(cfg.model).state_dict(),
-                       "model_config": cfg.model}, path)
+                       "model_config": config_to_dict(cfg.model)}, path)
     return path
 
 

@@ -1,11 +1,11 @@
 """SECOND (Yan et al., Sensors 2018), mmdetection3d's KITTI 3-class variant."""
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Dict, List, Literal, Optional, Tuple
 
 from torch import Tensor, nn
 
 from pointdistiller.detectors.batch import Batch
 from .backbones_2d import SECONDBackbone, SECONDFPN
-from .heads.anchor_head import AnchorHead
+from .heads.anchor_head import AnchorHead, AnchorHeadConfig
 from .outputs import DetectorOutput, FeatureTap
 from .voxel_encoders import MeanVFE, VoxelizationSettings, grid_size
 
@@ -31,8 +31,7 @@ class SECOND(nn.Module):
         backbone_channels: width of each backbone block.
         neck_strides: upsampling factor of each block in the neck.
         neck_channels: width U of each upsampled block (the head sees ``U * blocks``).
-        head: keyword arguments of ``AnchorHead`` (besides in_channels, point_range,
-            feature_map_size, which are derived here).
+        head: the head block (:class:`AnchorHeadConfig`, or a mapping of its fields).
     """
 
     def __init__(self,
@@ -52,7 +51,7 @@ class SECOND(nn.Module):
                  backbone_channels: Tuple[int, ...] = (128, 256),
                  neck_strides: Tuple[int, ...] = (1, 2),
                  neck_channels: int = 256,
-                 head: Optional[Dict[str, Any]] = None):
+                 head: Optional[AnchorHeadConfig] = None):
         super().__init__()
         self.voxelization = VoxelizationSettings(tuple(voxel_size), tuple(point_range),
                                                  max_points_per_voxel, tuple(max_voxels))
@@ -69,8 +68,7 @@ class SECOND(nn.Module):
         self.neck = SECONDFPN(backbone_channels, neck_strides, neck_channels)
         sizes = self.backbone.output_sizes(bev_h, bev_w)
         feature_map_size = self.neck.output_size(sizes)
-        self.head = AnchorHead(self.neck.out_channels, list(point_range), feature_map_size,
-                               **(head or {}))
+        self.head = AnchorHead(self.neck.out_channels, list(point_range), feature_map_size, head)
         self.feature_info: List[FeatureTap] = (
             [FeatureTap("encoder", self.encoder.out_channels, "bev", nx // bev_w)]
             + [FeatureTap(f"backbone.{i}", c, "bev", nx // w)

@@ -10,8 +10,7 @@ file (or the ``--set``) it came from.
 Validation is driven by type hints: :class:`Config` is a dataclass with one field per section; a
 section is a dataclass (checked recursively: ``int``, ``float``, ``bool``, ``str``, ``Optional``,
 ``Literal``, ``List``/``Sequence``, ``Tuple``, ``Dict``, nested dataclasses) or, for ``model``, the
-constructor signature of the detector class named by ``model.type`` (and of ``AnchorHead`` for
-``model.head``). To add a section: write its dataclass (every field typed, with a default where one
+constructor signature of the detector class named by ``model.type`` (its ``head`` is a dataclass). To add a section: write its dataclass (every field typed, with a default where one
 makes sense) and add a field ``name: Optional[NameConfig] = None`` to :class:`Config`.
 
 YAML note: floats in exponent form without a dot (``1e-3``) are read as floats here (plain PyYAML
@@ -64,8 +63,7 @@ def _validate_model(value: Any, key: str, where: Where) -> Dict[str, Any]:
         if k not in params:
             raise ConfigError(f"{where(sub)}: unknown key '{sub}' (a {cls.__name__} has "
                               f"{', '.join(params)})")
-        out[k] = _validate_head(v, sub, where) if k == "head" else _convert(v, hints.get(k), sub,
-                                                                             where)
+        out[k] = _convert(v, hints.get(k), sub, where)
     for k, p in params.items():
         if k not in out:
             if p.default is inspect.Parameter.empty:
@@ -74,47 +72,14 @@ def _validate_model(value: Any, key: str, where: Where) -> Dict[str, Any]:
     return out
 
 
-# Arguments of AnchorHead that the detector derives from its own settings.
-HEAD_DERIVED_ARGS = ("in_channels", "point_range", "feature_map_size")
-
-
-def _validate_head(value: Any, key: str, where: Where) -> Optional[Dict[str, Any]]:
-    """Checks ``model.head`` names (and annotated types) against ``AnchorHead``'s constructor; the
-    mapping itself is passed on untouched."""
-    from pointdistiller.detectors.heads.anchor_head import AnchorHead
-
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where(key)}: '{key}' must be a mapping, got {_kind(value)}")
-    params, hints = _signature(AnchorHead)
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in
-                     inspect.signature(AnchorHead.__init__).parameters.values())
-    for k, v in value.items():
-        sub = f"{key}.{k}"
-        if k in HEAD_DERIVED_ARGS:
-            raise ConfigError(f"{where(sub)}: '{sub}' is derived by the detector; remove it")
-        if k not in params:
-            if open_ended:
-                continue
-            raise ConfigError(f"{where(sub)}: unknown key '{sub}' (AnchorHead takes "
-                              f"{', '.join(p for p in params if p not in HEAD_DERIVED_ARGS)})")
-        _convert(v, hints.get(k), sub, where)
-    missing = [k for k, p in params.items()
-               if p.default is inspect.Parameter.empty and k not in HEAD_DERIVED_ARGS and k not in value]
-    if missing:
-        raise ConfigError(f"{where(key)}: missing required key(s) "
-                          f"{', '.join(f'{key}.{k}' for k in missing)}")
-    return _plain(value)
-
-
 @dataclass
 class Config:
     """A full configuration; one field per top-level section (unknown top-level keys are errors).
 
     Attributes:
         model: the detector: ``type`` (``pointpillars`` | ``second``) plus every constructor argument
-            of that class (defaults filled in); ``head`` holds ``AnchorHead`` keyword arguments.
+            of that class (defaults filled in), typed by its signature (``head`` is an
+            ``AnchorHeadConfig``).
             Build it with ``pointdistiller.detectors.build.build_detector(cfg.model)``.
     """
 

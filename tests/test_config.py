@@ -54,7 +54,7 @@ def test_base_merge_is_deep(pair):
     m = load_config(child).model
     assert m["pillar_channels"] == 32                          # child wins
     assert m["backbone_channels"] == (64, 128, 256)            # base kept (list -> typed tuple)
-    assert m["head"] == {"nms_pre": 50, "score_threshold": 0.1}  # nested mappings merge
+    assert (m["head"].nms_pre, m["head"].score_threshold) == (50, 0.1)  # nested mappings merge
     assert m["neck_channels"] == 128                           # constructor default filled in
 
 
@@ -62,9 +62,9 @@ def test_set_overrides_after_base(pair):
     _, child = pair
     m = load_config(child, ["model.pillar_channels=16", "model.head.nms_pre=7",
                             "model.backbone_channels=[8, 16, 32]", "model.head.cls_weight=1e-3"]).model
-    assert m["pillar_channels"] == 16 and m["head"]["nms_pre"] == 7
+    assert m["pillar_channels"] == 16 and m["head"].nms_pre == 7
     assert m["backbone_channels"] == (8, 16, 32)
-    assert m["head"]["cls_weight"] == 1e-3
+    assert m["head"].cls_weight == 1e-3
 
 
 @pytest.mark.parametrize("text", ["model.pillar_channels", "=3", "model..x=1", "model.1a=2"])
@@ -124,7 +124,7 @@ def test_missing_base_and_bad_yaml(tmp_path):
     ("model.backbone_channels=[64, x, 256]", r"'model.backbone_channels\[1\]' must be int"),
     ("model.head.nms_pre=many", "'model.head.nms_pre' must be int"),
     ("model.head.anchor_sizes=3", "'model.head.anchor_sizes' must be"),
-    ("model.head.in_channels=3", "derived by the detector"),
+    ("model.head.in_channels=3", "unknown key 'model.head.in_channels'"),   # derived, not set
     ("model.head=3", "'model.head' must be a mapping"),
     ("model.type=PointPillars", "'model.type' must be one of"),
     ("model=[1, 2]", "'model' must be a mapping"),

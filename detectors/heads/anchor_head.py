@@ -9,7 +9,7 @@ of :class:`~pointdistiller.detectors.box_coding.AnchorGenerator`.
 """
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,43 @@ class HeadOutput:
     dir: Tensor
 
 
+@dataclass
+class AnchorHeadConfig:
+    """The ``head`` block of a detector config: everything of :class:`AnchorHead` except what the
+    detector derives (input width, point range, feature map size). Defaults: mmdetection3d's
+    PointPillars KITTI 3-class head; the fields are documented on :class:`AnchorHead`."""
+
+    class_names: Tuple[str, ...] = CLASS_NAMES
+    anchor_sizes: Tuple[Tuple[float, float, float], ...] = ((3.9, 1.6, 1.56), (0.8, 0.6, 1.73),
+                                                          (1.76, 0.6, 1.73))
+    anchor_z_centers: Tuple[float, ...] = (-1.78, -0.6, -0.6)
+    anchor_z_origin: Literal["bottom", "center"] = "bottom"
+    anchor_rotations: Tuple[float, ...] = (0.0, math.pi / 2)
+    pos_iou_thresholds: Tuple[float, ...] = (0.6, 0.5, 0.5)
+    neg_iou_thresholds: Tuple[float, ...] = (0.45, 0.35, 0.35)
+    assign_iou: Literal["nearest_bev", "rotated_bev"] = "nearest_bev"
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    cls_weight: float = 1.0
+    box_weight: float = 2.0
+    smooth_l1_beta: float = 1.0 / 9.0
+    code_weights: Tuple[float, ...] = (1.0,) * 7
+    dir_weight: float = 0.2
+    dir_offset: float = -math.pi / 4
+    score_threshold: float = 0.1
+    nms_pre: int = 100
+    nms_iou_threshold: float = 0.01
+    max_detections: int = 50
+
+    @staticmethod
+    def of(value) -> "AnchorHeadConfig":
+        """An ``AnchorHeadConfig`` from itself, a mapping of its fields (e.g. a checkpoint's
+        ``model_config``) or None (the defaults)."""
+        if value is None or isinstance(value, AnchorHeadConfig):
+            return value or AnchorHeadConfig()
+        return AnchorHeadConfig(**value)
+
+
 class AnchorHead(nn.Module):
     """Anchor head with per-class anchors, per-class max-IoU assignment, focal / smooth-L1 /
     direction losses and rotated-NMS post-processing. Defaults are mmdetection3d's PointPillars
@@ -51,6 +88,9 @@ class AnchorHead(nn.Module):
         in_channels: ``C`` of the BEV input map.
         point_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` metres covered by the input map.
         feature_map_size: ``(ny, nx)`` of the input map.
+        config: :class:`AnchorHeadConfig` (or a mapping of its fields; None: the defaults):
+
+    Config fields:
         class_names: class order of the outputs (``K`` classes).
         anchor_sizes: per class ``(l, w, h)`` metres.
         anchor_z_centers: per class anchor height in metres; by default (``anchor_z_origin=
@@ -73,59 +113,42 @@ class AnchorHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, point_range: Sequence[float],
-                 feature_map_size: Tuple[int, int],
-                 class_names: Sequence[str] = CLASS_NAMES,
-                 anchor_sizes: Sequence[Sequence[float]] = ((3.9, 1.6, 1.56), (0.8, 0.6, 1.73),
-                                                            (1.76, 0.6, 1.73)),
-                 anchor_z_centers: Sequence[float] = (-1.78, -0.6, -0.6),
-                 anchor_z_origin: str = "bottom",
-                 anchor_rotations: Sequence[float] = (0.0, math.pi / 2),
-                 pos_iou_thresholds: Sequence[float] = (0.6, 0.5, 0.5),
-                 neg_iou_thresholds: Sequence[float] = (0.45, 0.35, 0.35),
-                 assign_iou: str = "nearest_bev",
-                 focal_gamma: float = 2.0,
-                 focal_alpha: float = 0.25,
-                 cls_weight: float = 1.0,
-                 box_weight: float = 2.0,
-                 smooth_l1_beta: float = 1.0 / 9.0,
-                 code_weights: Sequence[float] = (1.0,) * 7,
-                 dir_weight: float = 0.2,
-                 dir_offset: float = -math.pi / 4,
-                 score_threshold: float = 0.1,
-                 nms_pre: int = 100,
-                 nms_iou_threshold: float = 0.01,
-                 max_detections: int = 50):
+                 feature_map_size: Tuple[int, int], config: Optional[AnchorHeadConfig] = None):
         super().__init__()
+        cfg = AnchorHeadConfig.of(config)
         if not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f"AnchorHead: in_channels must be a positive int, got {in_channels!r}")
-        self.class_names = tuple(class_names)
-        if len(anchor_sizes) != len(self.class_names):
-            raise ValueError(f"AnchorHead: anchor_sizes has {len(anchor_sizes)} entries for "
+        self.class_names = tuple(cfg.class_names)
+        if len(cfg.anchor_sizes) != len(self.class_names):
+            raise ValueError(f"AnchorHead: anchor_sizes has {len(cfg.anchor_sizes)} entries for "
                              f"{len(self.class_names)} classes {self.class_names}")
-        if len(code_weights) != 7:
-            raise ValueError(f"AnchorHead: code_weights needs 7 values, got {len(code_weights)}")
-        if smooth_l1_beta < 0 or focal_gamma < 0 or not 0 <= focal_alpha <= 1:
+        if len(cfg.code_weights) != 7:
+            raise ValueError(f"AnchorHead: code_weights needs 7 values, got {len(cfg.code_weights)}")
+        if cfg.smooth_l1_beta < 0 or cfg.focal_gamma < 0 or not 0 <= cfg.focal_alpha <= 1:
             raise ValueError("AnchorHead: need smooth_l1_beta >= 0, focal_gamma >= 0 and "
                              "0 <= focal_alpha <= 1")
-        self.anchor_generator = AnchorGenerator(point_range, feature_map_size, anchor_sizes,
-                                                anchor_z_centers, anchor_rotations, anchor_z_origin)
+        self.anchor_generator = AnchorGenerator(point_range, feature_map_size, cfg.anchor_sizes,
+                                                cfg.anchor_z_centers, cfg.anchor_rotations,
+                                                cfg.anchor_z_origin)
         self.coder = ResidualCoder()
-        self.assigner = AnchorAssigner(len(self.class_names), pos_iou_thresholds, neg_iou_thresholds,
-                                       iou_mode=assign_iou, coder=self.coder, dir_offset=dir_offset,
+        self.assigner = AnchorAssigner(len(self.class_names), cfg.pos_iou_thresholds,
+                                       cfg.neg_iou_thresholds, iou_mode=cfg.assign_iou,
+                                       coder=self.coder, dir_offset=cfg.dir_offset,
                                        num_dir_bins=NUM_DIR_BINS)
         self.num_classes = len(self.class_names)
         self.num_anchors = self.anchor_generator.num_anchors_per_location
         self.feature_map_size = self.anchor_generator.feature_map_size
         self.in_channels = in_channels
-        self.focal_gamma, self.focal_alpha = float(focal_gamma), float(focal_alpha)
-        self.cls_weight, self.box_weight, self.dir_weight = float(cls_weight), float(box_weight), float(dir_weight)
-        self.smooth_l1_beta = float(smooth_l1_beta)
-        self.code_weights = tuple(float(w) for w in code_weights)
-        self.dir_offset = float(dir_offset)
-        self.score_threshold = float(score_threshold)
-        self.nms_pre = int(nms_pre)
-        self.nms_iou_threshold = float(nms_iou_threshold)
-        self.max_detections = int(max_detections)
+        self.focal_gamma, self.focal_alpha = float(cfg.focal_gamma), float(cfg.focal_alpha)
+        self.cls_weight, self.box_weight = float(cfg.cls_weight), float(cfg.box_weight)
+        self.dir_weight = float(cfg.dir_weight)
+        self.smooth_l1_beta = float(cfg.smooth_l1_beta)
+        self.code_weights = tuple(float(w) for w in cfg.code_weights)
+        self.dir_offset = float(cfg.dir_offset)
+        self.score_threshold = float(cfg.score_threshold)
+        self.nms_pre = int(cfg.nms_pre)
+        self.nms_iou_threshold = float(cfg.nms_iou_threshold)
+        self.max_detections = int(cfg.max_detections)
 
         self.conv_cls = nn.Conv2d(in_channels, self.num_anchors * self.num_classes, 1)
         self.conv_box = nn.Conv2d(in_channels, self.num_anchors * ResidualCoder.code_size, 1)

@@ -227,14 +227,15 @@ class Trainer:
         if not dist.is_main():
             return
         save_training_state(self._latest_path(), model=self.student, optimizer=self.optimizer,
-                            iteration=self.iteration, epoch=epoch, model_config=self.cfg.model,
+                            iteration=self.iteration, epoch=epoch,
+                            model_config=config_to_dict(self.cfg.model),
                             kd_modules=self._kd_modules(), scaler=self.scaler)
 
     def _save_final(self) -> str:
         path = os.path.join(self.work_dir, "model_final.pt")
         if dist.is_main():
             atomic_torch_save({"format": FORMAT_VERSION, "model": self.student.state_dict(),
-                               "model_config": self.cfg.model}, path)
+                               "model_config": config_to_dict(self.cfg.model)}, path)
         return path
 
     # ----------------------------------------------------------------------------------------------

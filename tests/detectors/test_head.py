@@ -7,7 +7,7 @@ import torch
 
 from pointdistiller.detectors.batch import Batch, offsets_from_counts
 from pointdistiller.detectors.box_coding import ResidualCoder
-from pointdistiller.detectors.heads import AnchorHead, HeadOutput
+from pointdistiller.detectors.heads import AnchorHead, AnchorHeadConfig, HeadOutput
 from pointdistiller.detectors.losses import (add_sin_difference, box_regression_loss,
                                              direction_loss, sigmoid_focal_loss)
 from pointdistiller.detectors.post_processing import Detections, decode_detections
@@ -36,7 +36,7 @@ def to_map(flat, ny=GRID[0], nx=GRID[1]):
 
 
 def small_head(**kwargs):
-    return AnchorHead(16, RANGE, GRID, **kwargs)
+    return AnchorHead(16, RANGE, GRID, AnchorHeadConfig(**kwargs))
 
 
 CAR = [3.0, 0.2, -0.9, 4.0, 1.7, 1.5, 0.1]

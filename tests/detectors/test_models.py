@@ -124,7 +124,7 @@ def expected_params(m) -> int:
 
 
 def test_every_config_is_covered():
-    assert len(CONFIGS) == 13 and set(CONFIGS) == set(PAPER_PARAMS)
+    assert len(CONFIGS) == 18 and set(CONFIGS) == set(PAPER_PARAMS)
 
 
 @pytest.mark.parametrize("path", CONFIGS)
