@@ -12,8 +12,8 @@ from .voxel_encoders import VoxelizationSettings
 # The detectors a config's ``model.type`` may name (exact, case-sensitive).
 DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND}
 
-__all__ = ["DETECTORS", "DetectorOutput", "VoxelizationSettings", "build_detector",
-           "voxelization_settings"]
+__all__ = ["DETECTORS", "DetectorOutput", "VoxelizationSettings", "build_detector", "input_kind",
+           "num_point_features", "voxelization_settings"]
 
 
 def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
@@ -34,14 +34,34 @@ def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
     return DETECTORS[name](**kwargs)
 
 
+def _detector_class(model_cfg: Mapping[str, Any]) -> type:
+    if not isinstance(model_cfg, Mapping) or model_cfg.get("type") not in DETECTORS:
+        raise ValueError(f"model_cfg: a mapping whose 'type' is one of {sorted(DETECTORS)} expected")
+    return DETECTORS[model_cfg["type"]]
+
+
+def _param(model_cfg: Mapping[str, Any], name: str):
+    """A constructor argument of the detector ``model_cfg`` describes (its default when absent)."""
+    params = inspect.signature(_detector_class(model_cfg).__init__).parameters
+    return model_cfg.get(name, params[name].default)
+
+
+def input_kind(model_cfg: Mapping[str, Any]) -> str:
+    """What the detector of ``model_cfg`` takes from the loader (its class's ``input_kind``,
+    e.g. ``"voxels"``), from the config alone."""
+    return _detector_class(model_cfg).input_kind
+
+
+def num_point_features(model_cfg: Mapping[str, Any]) -> int:
+    """Values per input point (x, y, z, intensity = 4) of the detector of ``model_cfg``."""
+    return int(_param(model_cfg, "num_point_features"))
+
+
 def voxelization_settings(model_cfg: Mapping[str, Any]) -> VoxelizationSettings:
     """The voxelizer settings of the detector ``model_cfg`` describes, without building it (keys
     ``voxel_size``, ``point_range``, ``max_points_per_voxel``, ``max_voxels`` = ``(train, test)``;
     absent keys take the detector's defaults)."""
-    if not isinstance(model_cfg, Mapping) or model_cfg.get("type") not in DETECTORS:
-        raise ValueError(f"model_cfg: a mapping whose 'type' is one of {sorted(DETECTORS)} expected")
-    params = inspect.signature(DETECTORS[model_cfg["type"]].__init__).parameters
-    value = {k: model_cfg.get(k, params[k].default) for k in
+    value = {k: _param(model_cfg, k) for k in
              ("voxel_size", "point_range", "max_points_per_voxel", "max_voxels")}
     return VoxelizationSettings(tuple(float(v) for v in value["voxel_size"]),
                                 tuple(float(v) for v in value["point_range"]),

@@ -1,5 +1,5 @@
 """PointPillars (Lang et al., CVPR 2019), mmdetection3d's KITTI 3-class variant."""
-from typing import Dict, List, Optional, Tuple
+from typing import ClassVar, Dict, List, Optional, Tuple
 
 from torch import Tensor, nn
 
@@ -30,6 +30,9 @@ class PointPillars(nn.Module):
         neck_channels: width U of each upsampled block (the head sees ``U * blocks``).
         head: the head block (:class:`AnchorHeadConfig`, or a mapping of its fields).
     """
+
+    # what the loader feeds it: hard voxels of its voxelization settings (data/collate.py)
+    input_kind: ClassVar[str] = "voxels"
 
     def __init__(self,
                  point_range: Tuple[float, float, float, float, float, float] = (

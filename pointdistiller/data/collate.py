@@ -107,3 +107,21 @@ class VoxelCollator:
             frame_ids=[s.frame_id for s in samples],
             meta=[dict(s.meta) for s in samples],
         )
+
+
+# The loader's collator for each kind of detector input (a detector class declares ``input_kind``).
+COLLATORS = {"voxels": VoxelCollator}
+
+
+def build_collator(model_cfg, training: bool):
+    """The collator that feeds the detector of ``model_cfg`` (a validated ``model`` section): hard
+    voxels of its voxelization settings with the train or test voxel budget."""
+    from pointdistiller.detectors.build import input_kind, voxelization_settings
+
+    kind = input_kind(model_cfg)
+    if kind not in COLLATORS:
+        raise ValueError(f"model.type {model_cfg['type']!r} takes {kind!r} input; collators exist for "
+                         f"{sorted(COLLATORS)}")
+    v = voxelization_settings(model_cfg)
+    return COLLATORS[kind](v.voxel_size, v.point_range, v.max_points,
+                           v.max_voxels[0 if training else 1])

@@ -8,8 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from pointdistiller.data.collate import VoxelCollator
+from pointdistiller.data.collate import build_collator
 from pointdistiller.data.kitti_dataset import KittiDataset, _worker_init
+from pointdistiller.detectors.build import num_point_features, voxelization_settings
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.kitti_tools.fileio import atomic_open
 
@@ -97,19 +98,19 @@ def resolve_dataset_root(data: DataConfig, log=print) -> str:
 
 def build_loader(root: str, data: DataConfig, model_cfg: Dict, train: TrainConfig, split: str,
                  training: bool) -> Tuple[DataLoader, KittiDataset]:
-    """A DataLoader of ``split`` voxelized with the model's settings (train or test voxel budget)."""
+    """A DataLoader of ``split`` with the collator of the model's declared input (voxels of its
+    voxelization settings, train or test voxel budget)."""
     info = os.path.join(root, f"kitti_infos_{split}.json")
     if not os.path.isfile(info):
         raise RunError(f"{info} not found (split {split!r}); run `kitti-tools prepare --root {root}`")
-    dataset = KittiDataset(info, root, class_names=CLASS_NAMES, point_range=model_cfg["point_range"],
+    dataset = KittiDataset(info, root, class_names=CLASS_NAMES,
+                           point_range=voxelization_settings(model_cfg).point_range,
                            training=training, augment=data.augment if training else None,
                            fov_reduce=data.fov_reduce, seed=train.seed,
-                           num_features=model_cfg.get("num_point_features", 4))
+                           num_features=num_point_features(model_cfg))
     if len(dataset) == 0:
         raise RunError(f"{info}: the {split} split holds no frames")
-    collate = VoxelCollator(model_cfg["voxel_size"], model_cfg["point_range"],
-                            model_cfg["max_points_per_voxel"],
-                            model_cfg["max_voxels"][0 if training else 1])
+    collate = build_collator(model_cfg, training)
     ds = _Repeated(dataset, train.repeat) if training and train.repeat > 1 else dataset
     sampler = ResumableSampler(len(ds), shuffle=training, seed=train.seed, rank=dist.rank(),
                                world=dist.world_size())
