@@ -23,7 +23,7 @@ Layout: ``[ny, nx, A, 7]`` with ``A = num_classes * num_rotations`` ordered clas
 rotation (anchor ``a = k * R + r``). Flattened anchor ``(iy * nx + ix) * A + a`` matches the head's
 ``cls``/``box``/``dir`` maps permuted to ``[B, ny, nx, A * C]``.
 """
-from typing import Optional, Sequence, Tuple
+from typing import Literal, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -44,7 +44,7 @@ class AnchorGenerator:
 
     def __init__(self, point_range: Sequence[float], feature_map_size: Tuple[int, int],
                  sizes: Sequence[Sequence[float]], z_values: Sequence[float],
-                 rotations: Sequence[float], z_origin: str = "bottom"):
+                 rotations: Sequence[float], z_origin: Literal["bottom", "center"] = "bottom"):
         point_range = [float(v) for v in point_range]
         if len(point_range) != 6:
             raise ValueError(f"AnchorGenerator: point_range needs 6 values, got {len(point_range)}")

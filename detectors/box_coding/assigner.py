@@ -23,7 +23,7 @@ the exact rotated BEV IoU op ``pointdistiller.ops.iou3d.boxes_iou_bev``.
 """
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -108,7 +108,8 @@ class AnchorAssigner:
     """
 
     def __init__(self, num_classes: int, pos_iou_thresholds: Sequence[float],
-                 neg_iou_thresholds: Sequence[float], iou_mode: str = "nearest_bev",
+                 neg_iou_thresholds: Sequence[float],
+                 iou_mode: Literal["nearest_bev", "rotated_bev"] = "nearest_bev",
                  coder: Optional[ResidualCoder] = None, dir_offset: float = -math.pi / 4,
                  num_dir_bins: int = 2):
         if num_classes < 1:

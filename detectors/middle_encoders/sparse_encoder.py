@@ -1,6 +1,6 @@
 """SECOND's sparse 3D convolutional encoder (spconv), ending in a dense BEV map."""
 import warnings
-from typing import List, Sequence, Tuple
+from typing import List, Literal, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -52,7 +52,8 @@ class SparseEncoder(nn.Module):
     def __init__(self, in_channels: int = 4, sparse_shape: Sequence[int] = (41, 1600, 1408),
                  channels: Sequence[int] = (16, 32, 64, 64),
                  stage_layers: Sequence[int] = (1, 3, 3, 3), out_channels: int = 128,
-                 algo: str = "auto"):
+                 algo: Literal["auto", "native", "mask_implicit_gemm",
+                               "mask_split_implicit_gemm"] = "auto"):
         super().__init__()
         if len(channels) != 4 or len(stage_layers) != 4:
             raise ValueError(f"channels and stage_layers: 4 stages expected, got {list(channels)} "

@@ -8,7 +8,7 @@ detections in their class colour with the score beside the box in the bird's-eye
 
 Boxes are LiDAR boxes ``[n, 7]`` ``(x, y, z_centre, l, w, h, yaw)``; see :class:`FrameBoxes`.
 """
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np

@@ -13,7 +13,7 @@ working point. "Missed" are the unmatched ground-truth boxes, "false" the unmatc
 import html
 import json
 import os
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 

@@ -1,6 +1,6 @@
 """The ``distill`` config section (plain dataclasses, importable without torch)."""
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Literal, Optional
 
 
 @dataclass
@@ -8,17 +8,17 @@ class LocalTermConfig:
     """One PointDistiller term (``distill.local`` is a list of these; defaults: PointPillars)."""
 
     feature: str = "pfn"
-    importance: str = "num_points"   # "num_points" (voxel detectors) | "channel_max"
+    importance: Literal["num_points", "channel_max"] = "num_points"   # num_points: voxel taps
     num_nodes: int = 6000
     k: int = 128
     tau: float = 0.01
     loss_weight: float = 2.0
-    pool: str = "none"
+    pool: Literal["none", "max"] = "none"
     reweight: bool = True
-    knn_space: str = "teacher"
-    selection: str = "per_sample"
-    edge_mode: str = "factorized"
-    graph_init: str = "torch"        # "torch" | "authors" (bias-free conv, Kaiming fan-out init)
+    knn_space: Literal["teacher", "coords"] = "teacher"
+    selection: Literal["per_sample", "pooled"] = "per_sample"
+    edge_mode: Literal["factorized", "gather"] = "factorized"
+    graph_init: Literal["torch", "authors"] = "torch"   # authors: bias-free conv, Kaiming fan-out
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ResponseTermConfig:
 class DistillConfig:
     """The ``distill`` config section. Empty lists / None disable a term."""
 
-    teacher_mode: str = "eval"       # "eval" (default) | "train" (the authors' BN batch statistics)
+    teacher_mode: Literal["eval", "train"] = "eval"    # train: the authors' BN batch statistics
     local: List[LocalTermConfig] = field(default_factory=list)
     fitnet: List[FeatureTermConfig] = field(default_factory=list)
     attention: List[FeatureTermConfig] = field(default_factory=list)
