@@ -42,6 +42,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -330,8 +331,35 @@ def prepare_kitti(root: str, out: Optional[str] = None, splits: Sequence[str] = 
                                 f"ImageSets/<split>.txt files listing each split's frame ids")
     check_writable_dir(out, "--out" if out_given else "KITTI root (the output folder)")
     _remove_stale_staging(out)
+    plan = _plan_splits(root, splits, log)
+    state = _ReuseState.read(root, out, plan, velodyne)
+    db = _DatabasePlan.make(out, plan, state, velodyne, db_split if database else None)
+    todo = [key for key in state.current if key in db.keys or not state.up_to_date(key)]
+    staging = None
+    try:
+        if db.build:
+            os.makedirs(out, exist_ok=True)
+            staging = tempfile.mkdtemp(prefix=f".{DB_FOLDER}.staging-", dir=out)
+        fresh, db_entries = _read_frames(root, todo, db.keys, staging, velodyne, workers, progress,
+                                         log)
+        # Everything was read and checked: commit.
+        written = {}
+        if db.build:
+            _swap_database(out, staging)
+            staging = None
+            _write_db_infos(db, db_split, db_entries, log)
+        if db.digest is not None:
+            written["dbinfos"] = db.path
+        written.update(_write_infos(out, plan, state, fresh, velodyne, log))
+        return written
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
 
-    # Which splits, which frames.
+
+def _plan_splits(root: str, splits: Sequence[str], log) -> Dict[str, Tuple[str, List[str]]]:
+    """``{split: (split folder, frame ids)}`` of the splits whose id file and folder exist; the others
+    are reported through ``log`` (an error when none is left)."""
     plan: Dict[str, Tuple[str, List[str]]] = {}
     skipped = []
     for split in dict.fromkeys(splits):
@@ -350,97 +378,112 @@ def prepare_kitti(root: str, out: Optional[str] = None, splits: Sequence[str] = 
         raise FileNotFoundError("no split to prepare: " + "; ".join(skipped))
     for reason in skipped:
         log(f"prepare: skipping {reason}")
+    return plan
 
-    # Frames whose inputs are unchanged since an existing info file was written are reused.
-    options = {"velodyne": velodyne}
-    old_infos = {s: _load_json(os.path.join(out, f"kitti_infos_{s}.json"), INFO_FORMAT) for s in plan}
-    reusable: Dict[Tuple[str, str], dict] = {}
-    for split, data in old_infos.items():
-        if data is None or data.get("velodyne") != velodyne:
-            continue
-        for info in data.get("frames", []):
-            reusable[(data.get("split_dir"), info.get("frame_id"))] = info
-    current: Dict[Tuple[str, str], Optional[Dict[str, List[int]]]] = {}
-    for split, (split_dir, ids) in plan.items():
-        for frame_id in ids:
-            key = (split_dir, frame_id)
-            if key not in current:
-                rel = _frame_sources(root, split_dir, frame_id, velodyne, split_dir == "training")
-                current[key] = _stat_sources(root, rel)
 
-    def up_to_date(key) -> bool:
-        old = reusable.get(key)
-        return old is not None and current[key] is not None and old.get("sources") == current[key]
+@dataclass
+class _ReuseState:
+    """The info files already in ``out`` and the size/mtime of every planned frame's inputs: frames
+    whose inputs are unchanged since their info was written are reused, not read again."""
 
-    # The GT database is rebuilt as a whole when any of its frames changed or a file is gone.
-    db_path = os.path.join(out, f"kitti_dbinfos_{db_split}.json")
-    build_db = False
-    digest = None
-    if database and db_split in plan:
-        split_dir, ids = plan[db_split]
-        h = hashlib.sha256(_dump([INFO_VERSION, options, ids, [current[(split_dir, i)] for i in ids]])
-                           .encode())
-        digest = h.hexdigest()
-        old_db = _load_json(db_path, DBINFO_FORMAT)
-        build_db = not (old_db is not None and old_db.get("digest") == digest
-                        and all(up_to_date((split_dir, i)) for i in ids)
-                        and _db_files_present(out, old_db))
-    db_keys = set()
-    if build_db:
-        split_dir, ids = plan[db_split]
-        db_keys = {(split_dir, i) for i in ids}
+    old_infos: Dict[str, Optional[dict]]
+    reusable: Dict[Tuple[str, str], dict]
+    current: Dict[Tuple[str, str], Optional[Dict[str, List[int]]]]
 
-    todo = [key for key in current if key in db_keys or not up_to_date(key)]
-    staging = None
-    try:
-        if build_db:
-            os.makedirs(out, exist_ok=True)
-            staging = tempfile.mkdtemp(prefix=f".{DB_FOLDER}.staging-", dir=out)
-        jobs = [(root, sd, fid, velodyne, sd == "training",
-                 staging if (sd, fid) in db_keys else None) for sd, fid in todo]
-        if jobs:
-            log(f"prepare: reading {len(jobs)} frame(s) with {min(workers, len(jobs))} worker(s)")
-        results = _run_jobs(jobs, workers, progress)
-        fresh = {}
-        db_entries: Dict[str, List[dict]] = {}
-        for (_, info, entries), key in zip(results, todo):
-            fresh[key] = info
-            for entry in entries:
-                db_entries.setdefault(entry["class"], []).append(entry)
-        for entries in db_entries.values():
-            entries.sort(key=lambda e: (e["frame_id"], e["gt_index"]))
-
-        # Everything was read and checked: commit.
-        written = {}
-        if build_db:
-            _swap_database(out, staging)
-            staging = None
-            _write_json(db_path, {
-                "format": DBINFO_FORMAT, "version": INFO_VERSION, "split": db_split,
-                "digest": digest, "point_features": 4,
-                "coordinates": "x, y, z relative to the box centre (translation only)",
-                "classes": db_entries})
-            log(f"prepare: wrote {db_path} ("
-                + ", ".join(f"{c} {len(v)}" for c, v in sorted(db_entries.items())) + ")")
-        if digest is not None:
-            written["dbinfos"] = db_path
-        for split, (split_dir, ids) in plan.items():
-            path = os.path.join(out, f"kitti_infos_{split}.json")
-            written[split] = path
-            if old_infos[split] is not None and all(
-                    (split_dir, i) not in fresh for i in ids) and [
-                    f.get("frame_id") for f in old_infos[split].get("frames", [])] == ids:
-                log(f"prepare: {path} is up to date")
+    @staticmethod
+    def read(root: str, out: str, plan, velodyne: str) -> "_ReuseState":
+        old_infos = {s: _load_json(os.path.join(out, f"kitti_infos_{s}.json"), INFO_FORMAT)
+                     for s in plan}
+        reusable: Dict[Tuple[str, str], dict] = {}
+        for data in old_infos.values():
+            if data is None or data.get("velodyne") != velodyne:
                 continue
-            frames = [fresh.get((split_dir, i)) or reusable[(split_dir, i)] for i in ids]
-            _write_json(path, {
-                "format": INFO_FORMAT, "version": INFO_VERSION, "split": split,
-                "split_dir": split_dir, "velodyne": velodyne, "frames": frames})
-            log(f"prepare: wrote {path} ({len(frames)} frames)")
-        return written
-    finally:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
+            for info in data.get("frames", []):
+                reusable[(data.get("split_dir"), info.get("frame_id"))] = info
+        current: Dict[Tuple[str, str], Optional[Dict[str, List[int]]]] = {}
+        for split_dir, ids in plan.values():
+            for frame_id in ids:
+                key = (split_dir, frame_id)
+                if key not in current:
+                    rel = _frame_sources(root, split_dir, frame_id, velodyne, split_dir == "training")
+                    current[key] = _stat_sources(root, rel)
+        return _ReuseState(old_infos, reusable, current)
+
+    def up_to_date(self, key) -> bool:
+        old = self.reusable.get(key)
+        return old is not None and self.current[key] is not None and old.get("sources") == self.current[key]
+
+
+@dataclass
+class _DatabasePlan:
+    """Whether the GT database of ``db_split`` is (re)built: as a whole, when any of its frames
+    changed, its digest differs or one of its files is gone."""
+
+    path: str
+    digest: Optional[str]
+    build: bool
+    keys: set
+
+    @staticmethod
+    def make(out: str, plan, state: _ReuseState, velodyne: str, db_split: Optional[str]) -> "_DatabasePlan":
+        path = os.path.join(out, f"kitti_dbinfos_{db_split}.json")
+        if db_split is None or db_split not in plan:
+            return _DatabasePlan(path, None, False, set())
+        split_dir, ids = plan[db_split]
+        payload = [INFO_VERSION, {"velodyne": velodyne}, ids, [state.current[(split_dir, i)] for i in ids]]
+        digest = hashlib.sha256(_dump(payload).encode()).hexdigest()
+        old_db = _load_json(path, DBINFO_FORMAT)
+        build = not (old_db is not None and old_db.get("digest") == digest
+                     and all(state.up_to_date((split_dir, i)) for i in ids)
+                     and _db_files_present(out, old_db))
+        return _DatabasePlan(path, digest, build, {(split_dir, i) for i in ids} if build else set())
+
+
+def _read_frames(root: str, todo, db_keys, staging: Optional[str], velodyne: str, workers: int,
+                 progress: bool, log):
+    """Reads the frames ``todo`` (writing the GT database files of ``db_keys`` into ``staging``):
+    ``({(split folder, id): info}, {class: database entries sorted by frame and object})``."""
+    jobs = [(root, sd, fid, velodyne, sd == "training", staging if (sd, fid) in db_keys else None)
+            for sd, fid in todo]
+    if jobs:
+        log(f"prepare: reading {len(jobs)} frame(s) with {min(workers, len(jobs))} worker(s)")
+    fresh = {}
+    db_entries: Dict[str, List[dict]] = {}
+    for (_, info, entries), key in zip(_run_jobs(jobs, workers, progress), todo):
+        fresh[key] = info
+        for entry in entries:
+            db_entries.setdefault(entry["class"], []).append(entry)
+    for entries in db_entries.values():
+        entries.sort(key=lambda e: (e["frame_id"], e["gt_index"]))
+    return fresh, db_entries
+
+
+def _write_db_infos(db: _DatabasePlan, db_split: str, db_entries, log) -> None:
+    _write_json(db.path, {
+        "format": DBINFO_FORMAT, "version": INFO_VERSION, "split": db_split,
+        "digest": db.digest, "point_features": 4,
+        "coordinates": "x, y, z relative to the box centre (translation only)",
+        "classes": db_entries})
+    log(f"prepare: wrote {db.path} ("
+        + ", ".join(f"{c} {len(v)}" for c, v in sorted(db_entries.items())) + ")")
+
+
+def _write_infos(out: str, plan, state: _ReuseState, fresh, velodyne: str, log) -> Dict[str, str]:
+    """Writes each split's info file unless it already lists exactly its frames, none re-read."""
+    written = {}
+    for split, (split_dir, ids) in plan.items():
+        path = os.path.join(out, f"kitti_infos_{split}.json")
+        written[split] = path
+        old = state.old_infos[split]
+        if old is not None and all((split_dir, i) not in fresh for i in ids) and [
+                f.get("frame_id") for f in old.get("frames", [])] == ids:
+            log(f"prepare: {path} is up to date")
+            continue
+        frames = [fresh.get((split_dir, i)) or state.reusable[(split_dir, i)] for i in ids]
+        _write_json(path, {"format": INFO_FORMAT, "version": INFO_VERSION, "split": split,
+                           "split_dir": split_dir, "velodyne": velodyne, "frames": frames})
+        log(f"prepare: wrote {path} ({len(frames)} frames)")
+    return written
 
 
 def _db_files_present(out: str, dbinfos: dict) -> bool:
