@@ -358,8 +358,8 @@ def prepare_kitti(root: str, out: Optional[str] = None, splits: Sequence[str] = 
 
 
 def _plan_splits(root: str, splits: Sequence[str], log) -> Dict[str, Tuple[str, List[str]]]:
-    """``{split: (split folder, frame ids)}`` of the splits whose id file and folder exist; the others
-    are reported through ``log`` (an error when none is left)."""
+    """``{split: (split folder, frame ids)}`` of the splits whose id file and folder exist; the
+    others are reported through ``log`` (an error when none is left)."""
     plan: Dict[str, Tuple[str, List[str]]] = {}
     skipped = []
     for split in dict.fromkeys(splits):
@@ -405,13 +405,15 @@ class _ReuseState:
             for frame_id in ids:
                 key = (split_dir, frame_id)
                 if key not in current:
-                    rel = _frame_sources(root, split_dir, frame_id, velodyne, split_dir == "training")
+                    rel = _frame_sources(root, split_dir, frame_id, velodyne,
+                                         split_dir == "training")
                     current[key] = _stat_sources(root, rel)
         return _ReuseState(old_infos, reusable, current)
 
     def up_to_date(self, key) -> bool:
         old = self.reusable.get(key)
-        return old is not None and self.current[key] is not None and old.get("sources") == self.current[key]
+        now = self.current[key]
+        return old is not None and now is not None and old.get("sources") == now
 
 
 @dataclass
@@ -425,12 +427,14 @@ class _DatabasePlan:
     keys: set
 
     @staticmethod
-    def make(out: str, plan, state: _ReuseState, velodyne: str, db_split: Optional[str]) -> "_DatabasePlan":
+    def make(out: str, plan, state: _ReuseState, velodyne: str,
+             db_split: Optional[str]) -> "_DatabasePlan":
         path = os.path.join(out, f"kitti_dbinfos_{db_split}.json")
         if db_split is None or db_split not in plan:
             return _DatabasePlan(path, None, False, set())
         split_dir, ids = plan[db_split]
-        payload = [INFO_VERSION, {"velodyne": velodyne}, ids, [state.current[(split_dir, i)] for i in ids]]
+        payload = [INFO_VERSION, {"velodyne": velodyne}, ids,
+                   [state.current[(split_dir, i)] for i in ids]]
         digest = hashlib.sha256(_dump(payload).encode()).hexdigest()
         old_db = _load_json(path, DBINFO_FORMAT)
         build = not (old_db is not None and old_db.get("digest") == digest
