@@ -246,85 +246,110 @@ def _ground(lay: _Layout, rng: np.random.Generator, mount_height: float) -> np.n
     return g
 
 
+_X_MIN, _X_MAX = -110.0, 130.0   # the stretch of street that gets background (metres along x)
+
+
 def _background(lay: _Layout, scene: Scene, rng: np.random.Generator):
     """Buildings, walls, poles, trees and bushes; returns (rows, obstacle boxes, side-street x)."""
     rows, obstacles, streets = [], [], []
-    x_min, x_max = -110.0, 130.0
     for side in (-1, 1):
-        walk = lay.walk_lo if side < 0 else lay.walk_hi
-        edge = lay.y_lo if side < 0 else lay.y_hi
-        open_side = rng.random() < 0.15
-        x = x_min + rng.uniform(0, 10)
-        while x < x_max:
-            if rng.random() < 0.12:  # side street
-                width = rng.uniform(10, 18)
-                streets.append(x + width / 2)
-                x += width
-                continue
-            length = rng.uniform(8, 35)
-            setback = rng.uniform(0, 3.5) if rng.random() < 0.6 else 0.0
-            depth = rng.uniform(8, 16)
-            y_front = walk + side * setback
-            base = float(scene.ground_height(x + length / 2, y_front))
-            if open_side:
-                if rng.random() < 0.5:  # wall or fence
-                    hgt = rng.uniform(0.8, 2.0)
-                    rows.append(prim(rc.BOX, x + length / 2, y_front + side * 0.1, base + hgt / 2,
-                                     length / 2, 0.1, hgt / 2, 0.0, rng.uniform(0.2, 0.7)))
-                for _ in range(int(rng.integers(0, 4))):  # hedges
-                    r = rng.uniform(0.6, 1.5)
-                    rows.append(prim(rc.ELLIPSOID, x + rng.uniform(0, length), y_front + side * r,
-                                     base + 0.6 * r, r * rng.uniform(1, 2), r, r * 0.8, 0.0,
-                                     rng.uniform(0.25, 0.55), density=0.9, depth=0.5))
-            else:
-                hgt = rng.uniform(4, 18)
-                rows.append(prim(rc.BOX, x + length / 2, y_front + side * depth / 2, base + hgt / 2 - 0.5,
-                                 length / 2, depth / 2, hgt / 2 + 0.5, rng.normal(0, 0.01),
-                                 rng.uniform(0.15, 0.75)))
-                if setback > 1.5 and rng.random() < 0.7:
-                    r = rng.uniform(0.5, 1.0)
-                    rows.append(prim(rc.ELLIPSOID, x + length / 2, y_front - side * r * 0.9,
-                                     base + 0.5 * r, length / 2 * 0.8, r, r * 0.9, 0.0,
-                                     rng.uniform(0.25, 0.55), density=0.9, depth=0.4))
-            x += length + (rng.uniform(0.5, 4) if rng.random() < 0.4 else 0.0)
-        # poles (street lights, signs) near the curb
-        x = x_min + rng.uniform(0, 20)
-        while x < x_max:
-            y = edge + side * rng.uniform(0.4, 0.9)
-            r, hgt = rng.uniform(0.07, 0.15), rng.uniform(3.5, 9.0)
-            base = float(scene.ground_height(x, y))
-            rows.append(prim(rc.CYLINDER, x, y, base + hgt / 2, r, r, hgt / 2, 0.0, rng.uniform(0.3, 0.7)))
-            if rng.random() < 0.35:
-                rows.append(prim(rc.BOX, x, y, base + min(hgt, 3.0) - 0.4, 0.04, 0.35, 0.35, 0.0,
-                                 rng.uniform(0.7, 0.95)))
-            obstacles.append([x, y, 0.0, 2 * r, 2 * r, 1.0, 0.0])
-            x += rng.uniform(15, 40)
-        # trees along the sidewalk
+        _frontage(lay, scene, rng, side, rows, streets)
+        _poles(lay, scene, rng, side, rows, obstacles)
         if rng.random() < 0.75:
-            x = x_min + rng.uniform(0, 15)
-            while x < x_max:
-                y = edge + side * rng.uniform(1.0, 1.6)
-                tr, th = rng.uniform(0.12, 0.25), rng.uniform(2.0, 3.2)
-                cr, ch = rng.uniform(1.4, 3.0), rng.uniform(1.2, 2.5)
-                base = float(scene.ground_height(x, y))
-                rows.append(prim(rc.CYLINDER, x, y, base + th / 2, tr, tr, th / 2, 0.0,
-                                 rng.uniform(0.2, 0.4)))
-                crown_z = base + max(th + 0.7 * ch, 2.3 + ch)  # crown clears pedestrians
-                rows.append(prim(rc.ELLIPSOID, x, y, crown_z, cr, cr * rng.uniform(0.8, 1.1),
-                                 ch, rng.uniform(0, np.pi), rng.uniform(0.25, 0.55),
-                                 density=rng.uniform(0.55, 0.85), depth=0.8))
-                obstacles.append([x, y, 0.0, 2 * tr, 2 * tr, 1.0, 0.0])
-                x += rng.uniform(6, 16)
+            _trees(lay, scene, rng, side, rows, obstacles)
     rows = np.stack(rows)
-    # everything near the ground is an obstacle for object placement (BEV boxes)
+    return rows, np.concatenate([np.asarray(obstacles, np.float64).reshape(-1, 7),
+                                 _low_obstacles(scene, rows)]), streets
+
+
+def _frontage(lay: _Layout, scene: Scene, rng: np.random.Generator, side: int, rows: list,
+              streets: list) -> None:
+    """Buildings (with shrubs in front of setbacks) or, on an open side, walls and hedges; gaps
+    for side streets, whose centre x go to ``streets``."""
+    walk = lay.walk_lo if side < 0 else lay.walk_hi
+    open_side = rng.random() < 0.15
+    x = _X_MIN + rng.uniform(0, 10)
+    while x < _X_MAX:
+        if rng.random() < 0.12:  # side street
+            width = rng.uniform(10, 18)
+            streets.append(x + width / 2)
+            x += width
+            continue
+        length = rng.uniform(8, 35)
+        setback = rng.uniform(0, 3.5) if rng.random() < 0.6 else 0.0
+        depth = rng.uniform(8, 16)
+        y_front = walk + side * setback
+        base = float(scene.ground_height(x + length / 2, y_front))
+        if open_side:
+            if rng.random() < 0.5:  # wall or fence
+                hgt = rng.uniform(0.8, 2.0)
+                rows.append(prim(rc.BOX, x + length / 2, y_front + side * 0.1, base + hgt / 2,
+                                 length / 2, 0.1, hgt / 2, 0.0, rng.uniform(0.2, 0.7)))
+            for _ in range(int(rng.integers(0, 4))):  # hedges
+                r = rng.uniform(0.6, 1.5)
+                rows.append(prim(rc.ELLIPSOID, x + rng.uniform(0, length), y_front + side * r,
+                                 base + 0.6 * r, r * rng.uniform(1, 2), r, r * 0.8, 0.0,
+                                 rng.uniform(0.25, 0.55), density=0.9, depth=0.5))
+        else:
+            hgt = rng.uniform(4, 18)
+            rows.append(prim(rc.BOX, x + length / 2, y_front + side * depth / 2,
+                             base + hgt / 2 - 0.5, length / 2, depth / 2, hgt / 2 + 0.5,
+                             rng.normal(0, 0.01), rng.uniform(0.15, 0.75)))
+            if setback > 1.5 and rng.random() < 0.7:
+                r = rng.uniform(0.5, 1.0)
+                rows.append(prim(rc.ELLIPSOID, x + length / 2, y_front - side * r * 0.9,
+                                 base + 0.5 * r, length / 2 * 0.8, r, r * 0.9, 0.0,
+                                 rng.uniform(0.25, 0.55), density=0.9, depth=0.4))
+        x += length + (rng.uniform(0.5, 4) if rng.random() < 0.4 else 0.0)
+
+
+def _poles(lay: _Layout, scene: Scene, rng: np.random.Generator, side: int, rows: list,
+           obstacles: list) -> None:
+    """Street lights and signs near the curb."""
+    edge = lay.y_lo if side < 0 else lay.y_hi
+    x = _X_MIN + rng.uniform(0, 20)
+    while x < _X_MAX:
+        y = edge + side * rng.uniform(0.4, 0.9)
+        r, hgt = rng.uniform(0.07, 0.15), rng.uniform(3.5, 9.0)
+        base = float(scene.ground_height(x, y))
+        rows.append(prim(rc.CYLINDER, x, y, base + hgt / 2, r, r, hgt / 2, 0.0,
+                         rng.uniform(0.3, 0.7)))
+        if rng.random() < 0.35:
+            rows.append(prim(rc.BOX, x, y, base + min(hgt, 3.0) - 0.4, 0.04, 0.35, 0.35, 0.0,
+                             rng.uniform(0.7, 0.95)))
+        obstacles.append([x, y, 0.0, 2 * r, 2 * r, 1.0, 0.0])
+        x += rng.uniform(15, 40)
+
+
+def _trees(lay: _Layout, scene: Scene, rng: np.random.Generator, side: int, rows: list,
+           obstacles: list) -> None:
+    """A row of trees along the sidewalk (trunk + crown that clears pedestrians)."""
+    edge = lay.y_lo if side < 0 else lay.y_hi
+    x = _X_MIN + rng.uniform(0, 15)
+    while x < _X_MAX:
+        y = edge + side * rng.uniform(1.0, 1.6)
+        tr, th = rng.uniform(0.12, 0.25), rng.uniform(2.0, 3.2)
+        cr, ch = rng.uniform(1.4, 3.0), rng.uniform(1.2, 2.5)
+        base = float(scene.ground_height(x, y))
+        rows.append(prim(rc.CYLINDER, x, y, base + th / 2, tr, tr, th / 2, 0.0,
+                         rng.uniform(0.2, 0.4)))
+        crown_z = base + max(th + 0.7 * ch, 2.3 + ch)
+        rows.append(prim(rc.ELLIPSOID, x, y, crown_z, cr, cr * rng.uniform(0.8, 1.1),
+                         ch, rng.uniform(0, np.pi), rng.uniform(0.25, 0.55),
+                         density=rng.uniform(0.55, 0.85), depth=0.8))
+        obstacles.append([x, y, 0.0, 2 * tr, 2 * tr, 1.0, 0.0])
+        x += rng.uniform(6, 16)
+
+
+def _low_obstacles(scene: Scene, rows: np.ndarray) -> np.ndarray:
+    """BEV boxes of everything within 2 m of the ground (poles and trunks are already listed): no
+    object is placed there."""
     base = np.array([scene.ground_height(x, y) for x, y in rows[:, rc.F_X:rc.F_Y + 1].tolist()])
     low = rows[:, rc.F_Z] - rows[:, rc.F_C] - base < 2.0
-    low &= rows[:, rc.F_KIND] != rc.CYLINDER  # poles and trunks are already listed
+    low &= rows[:, rc.F_KIND] != rc.CYLINDER
     yaw = np.arctan2(rows[low, rc.F_SIN], rows[low, rc.F_COS])
-    extra = np.stack([rows[low, rc.F_X], rows[low, rc.F_Y], rows[low, rc.F_Z],
-                      2 * rows[low, rc.F_A], 2 * rows[low, rc.F_B], 2 * rows[low, rc.F_C], yaw], 1)
-    obstacles = np.concatenate([np.asarray(obstacles, np.float64).reshape(-1, 7), extra])
-    return rows, obstacles, streets
+    return np.stack([rows[low, rc.F_X], rows[low, rc.F_Y], rows[low, rc.F_Z],
+                     2 * rows[low, rc.F_A], 2 * rows[low, rc.F_B], 2 * rows[low, rc.F_C], yaw], 1)
 
 
 _EGO = np.array([[-0.8, 0.0, 0.0, 4.6, 1.9, 1.6, 0.0]])  # the recording car, LiDAR on its roof
@@ -361,7 +386,16 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
     if max_in_view is None:
         max_in_view = int(rng.integers(9, 21))
 
-    # Candidate objects: (class, x, y, yaw, on_sidewalk)
+    cands = (_parked(lay, rng) + _traffic(lay, rng) + _crossing(streets, lay, rng)
+             + _walkers(lay, rng) + _riders_and_misc(lay, rng))
+    _place(scene, cands, obstacles, rng, calib, image_shape, view_distance, max_in_view)
+    return scene
+
+
+# Candidate objects, each (class, x, y, yaw, on_sidewalk); drawn in a fixed order from the frame's
+# generator, so a frame is the same for a given seed.
+def _parked(lay: _Layout, rng: np.random.Generator) -> list:
+    """Rows of parked cars, vans and trucks along the kerbs that have parking."""
     cands = []
     for side, has in ((-1, lay.park_lo), (1, lay.park_hi)):
         if not has:
@@ -375,6 +409,12 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
                 yaw = heading + (np.pi if rng.random() < 0.1 else 0.0) + rng.normal(0, 0.04)
                 cands.append((name, x, y_row + rng.normal(0, 0.1), yaw, False))
             x += SIZE_STATS[name][0][0] + rng.uniform(0.8, 6.0)
+    return cands
+
+
+def _traffic(lay: _Layout, rng: np.random.Generator) -> list:
+    """Vehicles in every lane (none on the ego vehicle's spot)."""
+    cands = []
     for k in range(2 * lay.lanes):
         y_lane = lay.mid + (k - lay.lanes + 0.5) * lay.lane_w
         forward = y_lane < lay.mid
@@ -386,15 +426,28 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
                 yaw = (0.0 if forward else np.pi) + rng.normal(0, 0.03)
                 cands.append((name, x, y_lane + rng.normal(0, 0.25), yaw, False))
             x += rng.uniform(10, 35)
+    return cands
+
+
+def _crossing(streets, lay: _Layout, rng: np.random.Generator) -> list:
+    """Cars in the side streets, crossing the road."""
+    cands = []
     for sx in streets:
         if rng.random() < 0.4:
             y = rng.uniform(lay.y_lo + 1.5, lay.y_hi - 1.5)
             cands.append(("Car", sx, y, rng.choice([-1, 1]) * np.pi / 2 + rng.normal(0, 0.2), False))
+    return cands
+
+
+def _walkers(lay: _Layout, rng: np.random.Generator) -> list:
+    """Pedestrians on the sidewalks (some in pairs), one crossing now and then, a sitting person."""
+    cands = []
     for _ in range(int(rng.poisson(4.0))):
         side = rng.choice([-1, 1])
         y = (rng.uniform(lay.walk_lo + 0.5, lay.y_lo - 0.5) if side < 0
              else rng.uniform(lay.y_hi + 0.5, lay.walk_hi - 0.5))
-        yaw = (rng.choice([0.0, np.pi]) + rng.normal(0, 0.3)) if rng.random() < 0.65 else rng.uniform(-np.pi, np.pi)
+        yaw = ((rng.choice([0.0, np.pi]) + rng.normal(0, 0.3)) if rng.random() < 0.65
+               else rng.uniform(-np.pi, np.pi))
         x = rng.uniform(-25, 60)
         cands.append(("Pedestrian", x, y, yaw, True))
         if rng.random() < 0.3:
@@ -406,15 +459,29 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
     if rng.random() < 0.15:
         y = rng.uniform(lay.walk_lo + 0.6, lay.y_lo - 0.6)
         cands.append(("Person_sitting", rng.uniform(3, 40), y, rng.uniform(-np.pi, np.pi), True))
+    return cands
+
+
+def _riders_and_misc(lay: _Layout, rng: np.random.Generator) -> list:
+    """Cyclists along the road edges and the odd Misc object on a sidewalk."""
+    cands = []
     for _ in range(int(rng.poisson(1.8))):
         forward = rng.random() < 0.6
-        edge = lay.mid - lay.lanes * lay.lane_w + 0.6 if forward else lay.mid + lay.lanes * lay.lane_w - 0.6
+        edge = (lay.mid - lay.lanes * lay.lane_w + 0.6 if forward
+                else lay.mid + lay.lanes * lay.lane_w - 0.6)
         cands.append(("Cyclist", rng.uniform(-20, 55), edge + rng.normal(0, 0.15),
                       (0.0 if forward else np.pi) + rng.normal(0, 0.08), False))
     if rng.random() < 0.2:
         y = rng.uniform(lay.walk_lo + 1.0, lay.y_lo - 1.0)
         cands.append(("Misc", rng.uniform(-10, 50), y, rng.normal(0, 0.1), True))
+    return cands
 
+
+def _place(scene: Scene, cands: list, obstacles: np.ndarray, rng: np.random.Generator,
+           calib: Calib, image_shape: Tuple[int, int], view_distance: float,
+           max_in_view: int) -> None:
+    """Adds the candidates in random order: each one that overlaps neither the ego vehicle, an
+    accepted object nor an obstacle, while at most ``max_in_view`` lie in the camera's view."""
     accepted = np.zeros((0, 7))
     in_view = 0
     for i in rng.permutation(len(cands)):
@@ -423,7 +490,8 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
         yaw = float(np.arctan2(np.sin(yaw), np.cos(yaw)))
         z = float(scene.ground_height(x, y)) + h / 2
         box = np.array([x, y, z, l, w, h, yaw])
-        if overlaps_any(box, _EGO, 0.5) or overlaps_any(box, accepted, 0.25) or overlaps_any(box, obstacles, 0.15):
+        if (overlaps_any(box, _EGO, 0.5) or overlaps_any(box, accepted, 0.25)
+                or overlaps_any(box, obstacles, 0.15)):
             continue
         visible = _in_view(box, calib, image_shape, view_distance)
         if visible and in_view >= max_in_view:
@@ -433,4 +501,3 @@ def generate_scene(rng: np.random.Generator, calib: Calib, image_shape: Tuple[in
             else rng.uniform(0.2, 0.6)
         scene.objects.append(make_object(name, box, object_parts(name, l, w, h, rng), obj_refl))
         accepted = np.concatenate([accepted, box[None]])
-    return scene
