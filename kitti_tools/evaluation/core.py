@@ -358,6 +358,50 @@ def _match_frame(t, ng, nd, dets, cand_start, cand, assigned, base, g0, d0, iou,
 
 
 @numba.njit(cache=True)
+def _relevant_dets(ignored_dt, d0, n, dets):
+    """Writes the frame's detections that are not ignored (``ignored_dt != -1``) into ``dets``;
+    returns (their number, how many of them are valid, ``ignored_dt == 0``)."""
+    nd = 0
+    n_valid = 0
+    for j in range(n):
+        if ignored_dt[d0 + j] != -1:
+            dets[nd] = j
+            nd += 1
+            if ignored_dt[d0 + j] == 0:
+                n_valid += 1
+    return nd, n_valid
+
+
+@numba.njit(cache=True)
+def _candidates(ng, nd, dets, ignored_gt, g0, base, iou, theta, cand_start, cand):
+    """For each GT of the frame, its candidate detections (overlap > theta) in file order:
+    ``cand[cand_start[i]:cand_start[i + 1]]``."""
+    n_cand = 0
+    for i in range(ng):
+        cand_start[i] = n_cand
+        if ignored_gt[g0 + i] == -1:
+            continue
+        for k in range(nd):
+            if iou[base + dets[k] * ng + i] > theta:
+                cand[n_cand] = k
+                n_cand += 1
+    cand_start[ng] = n_cand
+
+
+@numba.njit(cache=True)
+def _scores_descending(score, d0, dets, nd, desc):
+    """The scores of the frame's relevant detections, descending (insertion sort: frames are
+    small)."""
+    for m in range(nd):
+        s = score[d0 + dets[m]]
+        p = m
+        while p > 0 and desc[p - 1] < s:
+            desc[p] = desc[p - 1]
+            p -= 1
+        desc[p] = s
+
+
+@numba.njit(cache=True)
 def _pr_counts(gt_off, dt_off, pair_off, iou, ignored_gt, ignored_dt, score, gt_alpha, dt_alpha,
                dc_max, use_dontcare, theta, thresholds):
     """Pass 2 at every threshold (``thresholds`` non-increasing), summed over frames: ``[K, 4]``
@@ -376,39 +420,15 @@ def _pr_counts(gt_off, dt_off, pair_off, iou, ignored_gt, ignored_dt, score, gt_
         ng = gt_off[f + 1] - g0
         d0 = dt_off[f]
         base = pair_off[f]
-        nd = 0
-        n_valid_dt = 0
-        for j in range(dt_off[f + 1] - d0):
-            if ignored_dt[d0 + j] != -1:
-                dets[nd] = j
-                nd += 1
-                if ignored_dt[d0 + j] == 0:
-                    n_valid_dt += 1
+        nd, n_valid_dt = _relevant_dets(ignored_dt, d0, dt_off[f + 1] - d0, dets)
         n_valid = 0
         for i in range(ng):
             if ignored_gt[g0 + i] == 0:
                 n_valid += 1
         if n_valid == 0 and n_valid_dt == 0:
             continue  # no TP, FP or FN at any threshold
-        # candidate detections of each GT: overlap > theta, in file order
-        n_cand = 0
-        for i in range(ng):
-            cand_start[i] = n_cand
-            if ignored_gt[g0 + i] == -1:
-                continue
-            for k in range(nd):
-                if iou[base + dets[k] * ng + i] > theta:
-                    cand[n_cand] = k
-                    n_cand += 1
-        cand_start[ng] = n_cand
-        # scores of the frame's relevant detections, descending (insertion sort: frames are small)
-        for m in range(nd):
-            s = score[d0 + dets[m]]
-            p = m
-            while p > 0 and desc[p - 1] < s:
-                desc[p] = desc[p - 1]
-                p -= 1
-            desc[p] = s
+        _candidates(ng, nd, dets, ignored_gt, g0, base, iou, theta, cand_start, cand)
+        _scores_descending(score, d0, dets, nd, desc)
         # The thresholds descend, so the eligible detections (score >= t) only grow; the frame's
         # result changes only when that set does.
         eligible = 0
