@@ -17,8 +17,8 @@ from pointdistiller.detectors.build import DETECTORS, build_detector
 from pointdistiller.detectors.outputs import DetectorOutput
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = sorted(os.path.relpath(p, REPO) for folder in ("pointpillars", "second", "demo")
-                 for p in glob.glob(os.path.join(REPO, "configs", folder, "*.yaml")))
+CONFIGS = sorted(os.path.relpath(p, REPO)
+                 for p in glob.glob(os.path.join(REPO, "configs", "*", "*.yaml")))
 
 # Paper parameter counts (architectures.md) of each config's architecture.
 PAPER_PARAMS = {
@@ -156,22 +156,20 @@ def test_forward_backward(path):
     assert out.head.box.shape == (b, 6 * 7, ny, nx)
     assert out.head.dir.shape == (b, 6 * 2, ny, nx)
 
+    # every declared tap is there, in order, with its width and (BEV) its stride
     f = out.features
-    u = m["neck_channels"] * len(m["backbone_channels"])
-    if m["type"] == "pointpillars":
-        assert list(f) == ["pfn", "backbone.0", "backbone.1", "backbone.2", "neck"]
-        assert f["pfn"].shape == (batch.voxels.shape[0], m["pillar_channels"])
-        gx = round((m["point_range"][3] - m["point_range"][0]) / m["voxel_size"][0])
-        gy = round((m["point_range"][4] - m["point_range"][1]) / m["voxel_size"][1])
-        h, w = gy, gx
-    else:
-        assert list(f) == ["encoder", "backbone.0", "backbone.1", "neck"]
-        h, w = 16, 16  # 128 x 128 voxels / 8
-        assert f["encoder"].shape == (b, 2 * m["encoder_out_channels"], h, w)
-    for i, (width, stride) in enumerate(zip(m["backbone_channels"], m["backbone_strides"])):
-        h, w = (h - 1) // stride + 1, (w - 1) // stride + 1
-        assert f[f"backbone.{i}"].shape == (b, width, h, w)
-    assert f["neck"].shape == (b, u, ny, nx)
+    assert list(f) == [t.name for t in model.feature_info]
+    v = model.voxelization
+    gx = round((v.point_range[3] - v.point_range[0]) / v.voxel_size[0])
+    gy = round((v.point_range[4] - v.point_range[1]) / v.voxel_size[1])
+    for tap in model.feature_info:
+        x = f[tap.name]
+        if tap.kind == "voxel":
+            assert x.shape == (batch.voxels.shape[0], tap.channels), tap
+        else:
+            assert tap.kind == "bev" and x.shape == (b, tap.channels, gy // tap.stride,
+                                                     gx // tap.stride), tap
+    assert f["neck"].shape == (b, m["neck_channels"] * len(m["backbone_channels"]), ny, nx)
 
     losses = model.loss(batch, out)
     assert {"cls", "box", "dir", "total"} <= set(losses)
@@ -179,9 +177,8 @@ def test_forward_backward(path):
     losses["total"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    first = model.voxel_encoder.linear.weight if m["type"] == "pointpillars" else \
-        model.encoder.conv_input[0].weight
-    assert first.grad.abs().sum() > 0  # gradients reach the first layer (spconv backward on CPU)
+    first = next(model.parameters())   # the first layer's weights
+    assert first.grad.abs().sum() > 0  # gradients reach it (spconv's backward on CPU too)
 
     model.eval()
     with torch.no_grad():
@@ -189,8 +186,12 @@ def test_forward_backward(path):
     assert len(detections) == b
 
 
+def test_every_detector_has_configs_and_a_small_grid():
+    assert set(DETECTORS) == set(SMALL_GRID)
+    assert {load_config(os.path.join(REPO, p)).model["type"] for p in CONFIGS} == set(DETECTORS)
+
+
 def test_build_rejects_unknown_type():
-    assert set(DETECTORS) == {"pointpillars", "second"}
     with pytest.raises(ValueError, match="model.type"):
         build_detector({"type": "PointPillars"})
 
