@@ -16,7 +16,7 @@ from typing import Callable, List, Tuple
 import torch
 
 # Wrapper modules of pointdistiller.ops whose Python-side kernels are registered on load.
-WRAPPER_MODULES = ("voxelization", "scatter", "knn_search", "graph_edges", "iou3d")
+WRAPPER_MODULES = ("voxelization", "scatter", "knn_search", "graph_edges", "iou3d", "pointnet2")
 
 BUILD_HINT = (
     "the compiled ops of pointdistiller are missing. Build them with `make build` "
