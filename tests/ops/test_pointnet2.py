@@ -90,6 +90,28 @@ def test_ball_query_boundary_and_padding():
     assert idx.tolist() == [[0, 2, 4, 0], [0, 0, 0, 0]] and count.tolist() == [3, 0]
 
 
+def test_ball_query_centers_far_outside_the_cloud():
+    # centers beyond the grid (and beyond int64 cell numbers) find nothing, without a crash
+    points, offsets = cloud([300], seed=4)
+    centers = torch.tensor([[1e30, 0, 0], [-1e30, -1e30, 1e30], [0.0, 0, 1e6], [1.0, 1, 1]])
+    got = P.ball_query(points, offsets, centers, torch.tensor([0, 4]), 2.0, 8)
+    exp = ref.ball_query(points, offsets, centers, torch.tensor([0, 4]), 2.0, 8)
+    assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1])
+    assert got[1][:3].tolist() == [0, 0, 0]
+
+
+def test_ball_query_non_finite_and_far_points():
+    # NaN and inf rows are never inside; a row at 1e30 stretches the grid without overflowing it
+    points, offsets = cloud([200], seed=6)
+    points[[3, 50, 120]] = torch.tensor([[float("nan"), 1, 1], [float("inf"), 0, 0], [1e30, 1e30, 0]])
+    centers = torch.cat([points[:20], torch.tensor([[1e30, 1e30, 0]])])
+    for radius in (0.8, 1e-3):
+        got = P.ball_query(points, offsets, centers, torch.tensor([0, 21]), radius, 16)
+        exp = ref.ball_query(points, offsets, centers, torch.tensor([0, 21]), radius, 16)
+        assert torch.equal(got[0], exp[0]) and torch.equal(got[1], exp[1])
+        assert 3 not in got[0][:3].tolist() and got[0][20, 0].item() == 120
+
+
 # ------------------------------------------------------------------------------------------------
 # grouping and interpolation
 # ------------------------------------------------------------------------------------------------

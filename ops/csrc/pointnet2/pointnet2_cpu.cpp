@@ -8,7 +8,8 @@
 //   The next pick is the leaf maximum with the largest value, ties to the lowest row. The picks
 //   are those of the plain O(N * S) loop, since every min-distance that could change is updated.
 // ball_query: the sample's points sorted by a grid of cells slightly larger than the radius; a
-//   center visits its 27 cells, keeps the rows with d2 < r2 and takes the nsample lowest.
+//   center scans the 9 (x, y) columns around it (3 cells each, contiguous in the sorted order),
+//   keeps the rows with d2 < r2 and takes the nsample lowest.
 // The others loop plainly; the backward ops sum in (m, k) / (n, j) order per channel range, so
 //   they are deterministic. Parallel over samples, centers, rows, boxes or channel ranges.
 #include "common/check.h"
@@ -167,50 +168,96 @@ at::Tensor furthest_point_sample_cpu(const at::Tensor& points_in, const at::Tens
 // ---------------------------------------------------------------------------------------------
 // ball query
 // ---------------------------------------------------------------------------------------------
+// Points sorted by cell (x-major, then y, then z), with their coordinates copied in that order so
+// that a center's scan reads memory sequentially. The cells of one (x, y) column are contiguous in
+// that order, so a center visits 9 row ranges. With a dense table of cell starts (when the grid is
+// small enough) a range costs two loads; otherwise two binary searches over the sorted keys.
 struct CellGrid {
   double lo[3];
   double cell;
-  std::vector<int64_t> keys;   // sorted cell keys, one per point
-  std::vector<int64_t> rows;   // local rows in key order, ascending within a cell
   int64_t dims[3];
+  std::vector<int64_t> keys;    // sorted cell keys, one per finite point
+  std::vector<int64_t> rows;    // local rows in key order, ascending within a cell
+  std::vector<float> xyz;       // coordinates in key order
+  std::vector<int64_t> start;   // dense: first sorted position of each key (size cells + 1)
 
   int64_t key(int64_t cx, int64_t cy, int64_t cz) const { return (cx * dims[1] + cy) * dims[2] + cz; }
   int64_t coord(double v, int d) const {
-    return static_cast<int64_t>(std::floor((v - lo[d]) / cell));
+    // far outside (or NaN): clamped in double before the cast, so that the cast is defined
+    const double c = std::floor((v - lo[d]) / cell);
+    if (!(c >= -1.0)) return -1;
+    return c >= static_cast<double>(dims[d]) ? dims[d] : static_cast<int64_t>(c);
+  }
+  // sorted positions [begin, end) of the keys k0..k1 (inclusive)
+  std::pair<int64_t, int64_t> range(int64_t k0, int64_t k1) const {
+    if (!start.empty()) return {start[k0], start[k1 + 1]};
+    const auto b = std::lower_bound(keys.begin(), keys.end(), k0);
+    const auto e = std::upper_bound(b, keys.end(), k1);
+    return {b - keys.begin(), e - keys.begin()};
   }
 };
 
 CellGrid make_grid(const float* xyz, int64_t n, double radius) {
   CellGrid g;
-  // a little larger than the radius, so that a row with d2 < r2 is never two cells away
-  g.cell = radius * (1.0 + 1e-5);
+  // A non-finite point is never within the radius (its d2 is NaN or inf): it stays off the grid.
+  std::vector<int64_t> finite;
+  finite.reserve(n);
   double hi[3];
   for (int d = 0; d < 3; ++d) {
     g.lo[d] = std::numeric_limits<double>::max();
     hi[d] = -std::numeric_limits<double>::max();
   }
   for (int64_t i = 0; i < n; ++i) {
+    const float* p = xyz + i * 3;
+    if (!(std::isfinite(p[0]) && std::isfinite(p[1]) && std::isfinite(p[2]))) continue;
+    finite.push_back(i);
     for (int d = 0; d < 3; ++d) {
-      g.lo[d] = std::min(g.lo[d], static_cast<double>(xyz[i * 3 + d]));
-      hi[d] = std::max(hi[d], static_cast<double>(xyz[i * 3 + d]));
+      g.lo[d] = std::min(g.lo[d], static_cast<double>(p[d]));
+      hi[d] = std::max(hi[d], static_cast<double>(p[d]));
     }
   }
+  if (finite.empty()) {
+    for (int d = 0; d < 3; ++d) g.lo[d] = hi[d] = 0.0;
+  }
+  // a little larger than the radius, so that a row with d2 < r2 is never two cells away; and at
+  // least a millionth of the widest extent, so that cell numbers and keys stay far from overflow
+  double extent = 0.0;
+  for (int d = 0; d < 3; ++d) extent = std::max(extent, hi[d] - g.lo[d]);
+  g.cell = std::max(radius * (1.0 + 1e-5), extent * 1e-6);
   for (int d = 0; d < 3; ++d) {
     g.lo[d] -= g.cell;   // room for the neighbours of border cells
     g.dims[d] = static_cast<int64_t>(std::floor((hi[d] - g.lo[d]) / g.cell)) + 3;
   }
-  std::vector<std::pair<int64_t, int64_t>> keyed(n);
-  for (int64_t i = 0; i < n; ++i) {
-    keyed[i] = {g.key(g.coord(xyz[i * 3], 0), g.coord(xyz[i * 3 + 1], 1),
-                      g.coord(xyz[i * 3 + 2], 2)),
-                i};
+  const int64_t m = static_cast<int64_t>(finite.size());
+  std::vector<int64_t> point_key(m);
+  for (int64_t j = 0; j < m; ++j) {
+    const float* p = xyz + finite[j] * 3;
+    point_key[j] = g.key(g.coord(p[0], 0), g.coord(p[1], 1), g.coord(p[2], 2));
   }
-  std::sort(keyed.begin(), keyed.end());
-  g.keys.resize(n);
-  g.rows.resize(n);
-  for (int64_t i = 0; i < n; ++i) {
-    g.keys[i] = keyed[i].first;
-    g.rows[i] = keyed[i].second;
+  g.keys.resize(m);
+  g.rows.resize(m);
+  g.xyz.resize(m * 3);
+  // A small grid gets the dense start table and a counting sort (stable: rows ascend within a
+  // cell); a large sparse one a comparison sort of (key, row) and binary searches.
+  std::vector<int64_t> order(m);
+  const double cells = static_cast<double>(g.dims[0]) * g.dims[1] * g.dims[2];
+  if (cells <= std::max<double>(32.0 * m, 1 << 18)) {
+    g.start.assign(static_cast<size_t>(cells) + 1, 0);
+    for (int64_t j = 0; j < m; ++j) ++g.start[point_key[j] + 1];
+    for (size_t k = 1; k < g.start.size(); ++k) g.start[k] += g.start[k - 1];
+    std::vector<int64_t> next(g.start.begin(), g.start.end() - 1);
+    for (int64_t j = 0; j < m; ++j) order[next[point_key[j]]++] = j;
+  } else {
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(), [&](int64_t u, int64_t v) {
+      return point_key[u] < point_key[v] || (point_key[u] == point_key[v] && u < v);
+    });
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t j = order[i];
+    g.keys[i] = point_key[j];
+    g.rows[i] = finite[j];
+    for (int d = 0; d < 3; ++d) g.xyz[i * 3 + d] = xyz[finite[j] * 3 + d];
   }
   return g;
 }
@@ -236,25 +283,23 @@ std::tuple<at::Tensor, at::Tensor> ball_query_cpu(const at::Tensor& points_in,
     if (c1 == c0) continue;
     const int64_t base = off[b], n = off[b + 1] - off[b];
     const CellGrid grid = make_grid(xyz + base * 3, n, radius);
+    const float* gxyz = grid.xyz.data();
+    const int64_t* grows = grid.rows.data();
     at::parallel_for(c0, c1, 64, [&](int64_t m0, int64_t m1) {
       std::vector<int64_t> found;
       for (int64_t c = m0; c < m1; ++c) {
         const float* q = cxyz + c * 3;
         found.clear();
         const int64_t gx = grid.coord(q[0], 0), gy = grid.coord(q[1], 1), gz = grid.coord(q[2], 2);
-        for (int64_t dx = -1; dx <= 1; ++dx) {
-          for (int64_t dy = -1; dy <= 1; ++dy) {
-            for (int64_t dz = -1; dz <= 1; ++dz) {
-              const int64_t x = gx + dx, y = gy + dy, z = gz + dz;
-              if (x < 0 || y < 0 || z < 0 || x >= grid.dims[0] || y >= grid.dims[1] ||
-                  z >= grid.dims[2]) {
-                continue;
-              }
-              const int64_t k = grid.key(x, y, z);
-              auto it = std::lower_bound(grid.keys.begin(), grid.keys.end(), k);
-              for (; it != grid.keys.end() && *it == k; ++it) {
-                const int64_t row = grid.rows[it - grid.keys.begin()];
-                if (dist2(xyz + (base + row) * 3, q) < r2) found.push_back(row);
+        const int64_t z0 = std::max<int64_t>(gz - 1, 0), z1 = std::min(gz + 1, grid.dims[2] - 1);
+        if (z0 <= z1) {
+          for (int64_t x = std::max<int64_t>(gx - 1, 0); x <= std::min(gx + 1, grid.dims[0] - 1);
+               ++x) {
+            for (int64_t y = std::max<int64_t>(gy - 1, 0);
+                 y <= std::min(gy + 1, grid.dims[1] - 1); ++y) {
+              const auto [i0, i1] = grid.range(grid.key(x, y, z0), grid.key(x, y, z1));
+              for (int64_t i = i0; i < i1; ++i) {
+                if (dist2(gxyz + i * 3, q) < r2) found.push_back(grows[i]);
               }
             }
           }
