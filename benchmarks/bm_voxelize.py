@@ -9,7 +9,11 @@ after a warm-up, medians over --repeat runs taken in blocks of 10 consecutive ca
 taking turns so that load from other processes hits both alike. ``--cuda`` adds our CUDA op vs
 spconv's CUDA PointToVoxel (torch.cuda.synchronize after each call).
 
-Usage: python benchmarks/bm_voxelize.py [--repeat 50] [--frame PATH] [--cuda] [--json]
+``--cold`` measures the way a data loader calls the op: a different frame on every call (cycling
+through the four sample frames, velodyne/000000-000002 and velodyne_reduced/000008), ours and
+spconv interleaved call by call, so that neither runs twice on the same input in a row.
+
+Usage: python benchmarks/bm_voxelize.py [--repeat 50] [--frame PATH] [--cuda] [--cold] [--json]
 """
 import argparse
 import json
@@ -58,6 +62,49 @@ def time_blocks(fns: List[Callable[[], object]], repeat: int, block: int = 10, w
     return [statistics.median(t) for t in times]
 
 
+def time_interleaved(fns: List[Callable[[object], object]], inputs: List[object], repeat: int,
+                     sync: Callable[[], None] = lambda: None) -> List[float]:
+    """Median wall time (ms) of each function over ``repeat`` calls, the functions called in turn,
+    call by call, each call on the next input of the cycle (never the one it saw last)."""
+    times: List[List[float]] = [[] for _ in fns]
+    for fn in fns:                      # warm-up: allocators and code, not the inputs' caches
+        fn(inputs[0])
+    sync()
+    for i in range(repeat + 1):
+        for k, fn in enumerate(fns):
+            x = inputs[(i + k) % len(inputs)]
+            t0 = time.perf_counter()
+            fn(x)
+            sync()
+            if i:                         # the first round is a second warm-up
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
+
+
+def bench_cold(frames: List[torch.Tensor], repeat: int) -> Dict[str, Dict[str, float]]:
+    results = {}
+    for name, setting in SETTINGS.items():
+        def ours_fn(points):
+            return voxelize(points, setting["voxel_size"], setting["point_range"],
+                            setting["max_points"], MAX_VOXELS)
+
+        gen = spconv_generator(setting, frames[0].shape[1], frames[0].device)
+        same = all(all(torch.equal(a, b) for a, b in zip(gen.generate_voxel_with_id(f), ours_fn(f)))
+                   for f in frames)
+        t_spconv, t_ours = time_interleaved([gen.generate_voxel_with_id, ours_fn], frames, repeat)
+        results[name] = {"spconv_ms": t_spconv, "ours_ms": t_ours,
+                         "spconv/ours": t_spconv / t_ours, "voxels": None,
+                         "identical_to_spconv": same}
+    return results
+
+
+def sample_frames() -> List[str]:
+    root = os.path.join(os.environ.get("PD_KITTI_SAMPLE") or os.path.join(
+        os.path.dirname(REPO), "shared", "kitti_sample"), "training")
+    return [os.path.join(root, "velodyne", f"{i:06d}.bin") for i in range(3)] + \
+        [os.path.join(root, "velodyne_reduced", "000008.bin")]
+
+
 def spconv_generator(setting: Dict, channels: int, device: torch.device):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -80,7 +127,8 @@ def bench_device(points: torch.Tensor, repeat: int) -> Dict[str, Dict[str, float
             gen = spconv_generator(setting, points.shape[1], device)
         except ImportError:  # a GPU machine's own Python may lack spconv: time ours alone
             (t_ours,) = time_blocks([ours_fn], repeat, sync=sync)
-            results[name] = {"spconv_ms": float("nan"), "ours_ms": t_ours, "spconv/ours": float("nan"),
+            results[name] = {"spconv_ms": float("nan"), "ours_ms": t_ours,
+                             "spconv/ours": float("nan"),
                              "voxels": int(ours.voxels.shape[0]), "identical_to_spconv": None}
             continue
         ref = gen.generate_voxel_with_id(points)
@@ -98,29 +146,46 @@ def main(argv=None) -> Dict:
     parser.add_argument("--repeat", type=int, default=50, help="timed runs per op (>= 20)")
     parser.add_argument("--frame", default=DEFAULT_FRAME, help="KITTI velodyne .bin file")
     parser.add_argument("--cuda", action="store_true", help="also time the CUDA ops")
+    parser.add_argument("--cold", action="store_true",
+                        help="a different frame on every call, the ops interleaved call by call")
     parser.add_argument("--json", action="store_true", help="print the results as one JSON dict")
     args = parser.parse_args(argv)
     if args.repeat < 20:
         parser.error("--repeat must be >= 20")
     torch.set_num_threads(1)
-    points = torch.from_numpy(np.fromfile(args.frame, dtype=np.float32).reshape(-1, 4))
-    results = {"frame": args.frame, "points": int(points.shape[0]), "max_voxels": MAX_VOXELS,
-               "cpu": bench_device(points, args.repeat)}
-    if args.cuda:
+    if args.cold:
+        frames = [torch.from_numpy(np.fromfile(f, dtype=np.float32).reshape(-1, 4))
+                  for f in sample_frames()]
+        results = {"frame": "cycle of " + ", ".join(os.path.relpath(f, os.path.dirname(f) + "/..")
+                                                    for f in sample_frames()),
+                   "points": int(sum(len(f) for f in frames) / len(frames)),
+                   "max_voxels": MAX_VOXELS, "cpu": bench_cold(frames, args.repeat)}
+        if args.cuda:
+            if not torch.cuda.is_available():
+                parser.error("--cuda needs a CUDA device")
+            results["cuda"] = bench_cold([f.cuda() for f in frames], args.repeat)
+    else:
+        points = torch.from_numpy(np.fromfile(args.frame, dtype=np.float32).reshape(-1, 4))
+        results = {"frame": args.frame, "points": int(points.shape[0]), "max_voxels": MAX_VOXELS,
+                   "cpu": bench_device(points, args.repeat)}
+    if args.cuda and not args.cold:
         if not torch.cuda.is_available():
             parser.error("--cuda needs a CUDA device")
         results["cuda"] = bench_device(points.cuda(), args.repeat)
+    if args.cuda:
         results["cuda_device"] = torch.cuda.get_device_name()
     if args.json:
         print(json.dumps(results))
     else:
-        print(f"voxelize, {results['points']} points, max_voxels {MAX_VOXELS}, "
-              f"medians of {args.repeat} runs (torch threads: 1)")
+        print(f"voxelize{' cold (' + results['frame'] + ')' if args.cold else ''}, "
+              f"{results['points']} points{' on average' if args.cold else ''}, max_voxels "
+              f"{MAX_VOXELS}, medians of {args.repeat} runs (torch threads: 1)")
         for device in ("cpu", "cuda"):
             for name, r in results.get(device, {}).items():
                 print(f"  {device:4s} {name:12s} spconv {r['spconv_ms']:7.3f} ms  ours "
                       f"{r['ours_ms']:7.3f} ms  spconv/ours {r['spconv/ours']:5.2f}  "
-                      f"({r['voxels']} voxels, identical: {r['identical_to_spconv']})")
+                      f"({'' if r['voxels'] is None else str(r['voxels']) + ' voxels, '}identical: "
+                      f"{r['identical_to_spconv']})")
     return results
 
 

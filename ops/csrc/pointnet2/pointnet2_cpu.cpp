@@ -181,7 +181,9 @@ struct CellGrid {
   std::vector<float> xyz;       // coordinates in key order
   std::vector<int64_t> start;   // dense: first sorted position of each key (size cells + 1)
 
-  int64_t key(int64_t cx, int64_t cy, int64_t cz) const { return (cx * dims[1] + cy) * dims[2] + cz; }
+  int64_t key(int64_t cx, int64_t cy, int64_t cz) const {
+    return (cx * dims[1] + cy) * dims[2] + cz;
+  }
   int64_t coord(double v, int d) const {
     // far outside (or NaN): clamped in double before the cast, so that the cast is defined
     const double c = std::floor((v - lo[d]) / cell);
@@ -367,7 +369,8 @@ at::Tensor group_points_backward_cpu(const at::Tensor& grad_in, const at::Tensor
 at::Tensor three_interpolate_cpu(const at::Tensor& features_in, const at::Tensor& idx_in,
                                  const at::Tensor& weight_in) {
   check_three_interpolate_args(features_in, idx_in, weight_in);
-  const at::Tensor f = features_in.contiguous(), idx = idx_in.contiguous(), w = weight_in.contiguous();
+  const at::Tensor f = features_in.contiguous(), idx = idx_in.contiguous();
+  const at::Tensor w = weight_in.contiguous();
   const int64_t n = idx.size(0), c = f.size(1);
   at::Tensor out = at::empty({n, c}, f.options());
   const float* fp = f.data_ptr<float>();
@@ -489,7 +492,8 @@ std::tuple<at::Tensor, at::Tensor> roipoint_pool3d_cpu(const at::Tensor& points_
       std::vector<int64_t> inside;
       for (int64_t k = k0; k < k1; ++k) {
         inside.clear();
-        for (int64_t i = off[b]; i < off[b + 1] && static_cast<int64_t>(inside.size()) < num_sampled;
+        for (int64_t i = off[b];
+             i < off[b + 1] && static_cast<int64_t>(inside.size()) < num_sampled;
              ++i) {
           if (in_box(pp + i * 3, bp + k * 7, trig[k].c, trig[k].s)) inside.push_back(i);
         }

@@ -3,17 +3,20 @@
 // Algorithm, in three steps:
 //   1. keys (parallel): each point's cell key (z, y, x bit-packed, see VoxelGrid), or the empty
 //      key when it is out of range, and a finiteness check of every value of the point;
-//   2. assignment (one sequential pass in input order): every key is looked up in an
-//      open-addressing hash map (multiplicative hash, linear probing, load <= 1/8) whose entries
-//      are voxel ids (4 bytes; the key is checked in the small per-voxel key array); a new key
-//      gets the next voxel id while ids remain. This pass fixes every voxel id and every point's
-//      row, and lists the points to store;
-//   3. copies (parallel): the listed points go to their (voxel, row) of a zeroed output.
-// The hash map and the per-point scratch live in a thread-local workspace reused across calls; the
-// map is sized by min(points in range, max_voxels), never by the grid, and is left all-empty after
-// each call by clearing only the entries filled. The workspace keeps the size of the largest call
-// seen on its thread: about 48 bytes per voxel of min(points in range, max_voxels) and 20 bytes
-// per point. Output is identical for any thread count.
+//   2. assignment (one sequential pass in input order): every key is looked up in a table of
+//      voxel ids (4 bytes each): indexed by the key itself when the grid has at most 2^20 cells
+//      (PointPillars), else an open-addressing hash map (multiplicative hash, linear probing,
+//      load <= 1/8; the key is checked in the small per-voxel key array); a new key gets the next
+//      voxel id while ids remain. This pass fixes every voxel id and every point's row, and
+//      lists the points to store;
+//   3. copies (parallel): the listed points go to their (voxel, row) of the output, and the rows
+//      left over in each voxel are zeroed (each output element written once).
+// The table and the per-point scratch live in a thread-local workspace reused across calls; the
+// hash map is sized by min(points in range, max_voxels), never by the grid; the table is left
+// all-empty after each call by clearing only the entries filled. The workspace keeps the size of
+// the largest call seen on its thread: about 48 bytes per voxel of min(points in range,
+// max_voxels), 20 bytes per point, and 4 bytes per cell for a direct table (at most 4 MiB).
+// Output is identical for any thread count.
 #include "voxelize/voxelize.h"
 
 #include <ATen/ATen.h>
@@ -190,13 +193,19 @@ int64_t compute_keys(const float* points, int64_t n, int64_t c, const VoxelGrid&
 // Step 2. Numbers voxels by first appearance and writes point_to_voxel. With kStore, also lists
 // the points to store (ws.copy_src, ws.copy_dst: the first max_points of each voxel) and their
 // number in *stored. Returns M.
-template <typename Key, bool kStore>
+// kDirect: the table has one entry per key (grids of at most 2^kDirectKeyBits cells, such as
+// PointPillars' 432 x 496 x 1): no hashing and no probing, the key is the entry.
+template <typename Key, bool kStore, bool kDirect>
 int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t max_points,
-                      int64_t capacity, Workspace<Key>& ws, int64_t* point_to_voxel,
-                      int64_t* stored) {
+                      int64_t capacity, int grid_key_bits, Workspace<Key>& ws,
+                      int64_t* point_to_voxel, int64_t* stored) {
   const int key_bits = static_cast<int>(sizeof(Key) * 8);
   int bits = 4;
-  while (bits < key_bits && (int64_t{1} << bits) < kTableSlack * capacity) ++bits;
+  if (kDirect) {
+    bits = grid_key_bits;
+  } else {
+    while (bits < key_bits && (int64_t{1} << bits) < kTableSlack * capacity) ++bits;
+  }
   const size_t mask = (size_t{1} << bits) - 1;
   const int shift = key_bits - bits;
   if (ws.table.size() < mask + 1) ws.table.assign(mask + 1, -1);
@@ -216,7 +225,7 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
     const Key key = keys[i];
     int32_t voxel = -1;
     if (key != kEmpty<Key>) {
-      size_t e = hash_key(key, shift);
+      size_t e = kDirect ? static_cast<size_t>(key) : hash_key(key, shift);
       while (true) {
         const int32_t held = table[e];
         if (held < 0) {
@@ -229,7 +238,7 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
           }
           break;
         }
-        if (voxel_key[held] == key) {
+        if (kDirect || voxel_key[held] == key) {
           voxel = held;
           break;
         }
@@ -247,6 +256,20 @@ int32_t assign_voxels(const Key* keys, int64_t n, int64_t max_voxels, int64_t ma
   if (kStore) *stored = num_stored;
   for (int32_t v = 0; v < num_voxels; ++v) table[voxel_entry[v]] = -1;
   return num_voxels;
+}
+
+constexpr int kDirectKeyBits = 20;   // a direct table of at most 4 MiB
+
+template <typename Key, bool kStore>
+int32_t assign(const Key* keys, int64_t n, int64_t max_voxels, int64_t max_points,
+               int64_t capacity, const VoxelGrid& g, Workspace<Key>& ws, int64_t* point_to_voxel,
+               int64_t* stored) {
+  if (g.key_bits() <= kDirectKeyBits) {
+    return assign_voxels<Key, kStore, true>(keys, n, max_voxels, max_points, capacity,
+                                            g.key_bits(), ws, point_to_voxel, stored);
+  }
+  return assign_voxels<Key, kStore, false>(keys, n, max_voxels, max_points, capacity,
+                                           g.key_bits(), ws, point_to_voxel, stored);
 }
 
 // (z, y, x) of each of the first m voxel keys.
@@ -285,6 +308,16 @@ void copy_points(const float* points, int64_t c, const int32_t* src, const int64
   }
 }
 
+// Rows [num[v], max_points) of every voxel become zeros.
+void zero_padding(const int32_t* num, int64_t m, int64_t max_points, int64_t c, float* out) {
+  at::parallel_for(0, m, std::max<int64_t>(1, kGrain / max_points), [&](int64_t v0, int64_t v1) {
+    for (int64_t v = v0; v < v1; ++v) {
+      float* row = out + (v * max_points + num[v]) * c;
+      std::memset(row, 0, sizeof(float) * (max_points - num[v]) * c);
+    }
+  });
+}
+
 template <typename Key>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> voxelize_impl(
     const at::Tensor& points, const VoxelGrid& g, int64_t max_points, int64_t max_voxels) {
@@ -300,11 +333,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> voxelize_impl(
   reserve_at_least(ws.copy_src, in_range);
   reserve_at_least(ws.copy_dst, in_range);
   int64_t stored = 0;
-  const int32_t m = assign_voxels<Key, true>(ws.point_key.data(), n, max_voxels, max_points,
-                                             std::min(in_range, max_voxels), ws,
-                                             point_to_voxel.data_ptr<int64_t>(), &stored);
+  const int32_t m = assign<Key, true>(ws.point_key.data(), n, max_voxels, max_points,
+                                      std::min(in_range, max_voxels), g, ws,
+                                      point_to_voxel.data_ptr<int64_t>(), &stored);
 
-  at::Tensor voxels = at::zeros({m, max_points, c}, points.options());
+  // Not zeroed here: the copies fill rows [0, count) of each voxel and zero_padding the rest, so
+  // every element is written once (a zero fill first would write the stored rows twice).
+  at::Tensor voxels = at::empty({m, max_points, c}, points.options());
   at::Tensor coords = at::empty({m, 3}, points.options().dtype(at::kInt));
   at::Tensor num_points = at::empty({m}, points.options().dtype(at::kInt));
   decode_keys<Key>(ws.voxel_key.data(), m, g, coords.data_ptr<int32_t>());
@@ -312,6 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> voxelize_impl(
   const int32_t* count = ws.voxel_count.data();
   for (int32_t v = 0; v < m; ++v) num[v] = std::min<int32_t>(count[v], max_points);
   copy_points(pts, c, ws.copy_src.data(), ws.copy_dst.data(), stored, voxels.data_ptr<float>());
+  zero_padding(num, m, max_points, c, voxels.data_ptr<float>());
   return {voxels, coords, num_points, point_to_voxel};
 }
 
@@ -328,8 +364,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> voxelize_dynamic_impl(const at::T
                                              point_coords.data_ptr<int32_t>(), &bad);
   if (bad) throw_non_finite(points);
   at::Tensor point_to_voxel = at::empty({n}, points.options().dtype(at::kLong));
-  const int32_t m = assign_voxels<Key, false>(ws.point_key.data(), n, n, 1, in_range, ws,
-                                              point_to_voxel.data_ptr<int64_t>(), nullptr);
+  const int32_t m = assign<Key, false>(ws.point_key.data(), n, n, 1, in_range, g, ws,
+                                       point_to_voxel.data_ptr<int64_t>(), nullptr);
   at::Tensor voxel_coords = at::empty({m, 3}, points.options().dtype(at::kInt));
   decode_keys<Key>(ws.voxel_key.data(), m, g, voxel_coords.data_ptr<int32_t>());
   return {point_coords, voxel_coords, point_to_voxel};
