@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from .visual.report import write_report
 
-        page = write_report(args.report, args.gt, args.det, ids=ids)
+        page = write_report(args.report, args.gt, args.det, ids=ids,
+                            allow_missing=args.allow_missing)
         print(f"report: {page}")
     return 0

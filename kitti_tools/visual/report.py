@@ -170,7 +170,7 @@ def _train_figure(log_path: str, path: str) -> bool:
 def write_report(out_dir: str, gt_dir: str, det_dir: str, ids: Optional[Sequence[str]] = None,
                  kitti_root: Optional[str] = None, split: str = "training", title: str = "KITTI evaluation",
                  train_log: Optional[str] = None, frames: int = 3,
-                 extra_images: Sequence[Tuple[str, str]] = ()) -> str:
+                 extra_images: Sequence[Tuple[str, str]] = (), allow_missing: bool = False) -> str:
     """Writes ``out_dir/index.html`` and its pictures; returns the page's path.
 
     Args:
@@ -181,6 +181,7 @@ def write_report(out_dir: str, gt_dir: str, det_dir: str, ids: Optional[Sequence
         train_log: a pd-train ``log.jsonl`` for the training curves.
         frames: renders of this many frames with the most missed and the most false detections.
         extra_images: ``(caption, PNG path)`` pictures to include (copied into the report).
+        allow_missing: a missing result file is a frame without detections (and gets no link).
     """
     import shutil
 
@@ -193,7 +194,10 @@ def write_report(out_dir: str, gt_dir: str, det_dir: str, ids: Optional[Sequence
     ids = [str(i) for i in ids] if ids is not None else sorted(
         f[:-4] for f in os.listdir(gt_dir) if f.endswith(".txt"))
     gt = [kio.read_label(os.path.join(gt_dir, f"{i}.txt")) for i in ids]
-    dt = [kio.read_label(os.path.join(det_dir, f"{i}.txt"), kind="result") for i in ids]
+    present = {i for i in ids if os.path.isfile(os.path.join(det_dir, f"{i}.txt"))} \
+        if allow_missing else set(ids)
+    dt = [kio.read_label(os.path.join(det_dir, f"{i}.txt"), kind="result") if i in present
+          else kio.KittiObjects.empty(with_score=True) for i in ids]
     result = evaluate(gt, dt)
     os.makedirs(out_dir, exist_ok=True)
     parts = [f"<!doctype html><html><head><meta charset=utf-8><title>{html.escape(title)}</title>"
@@ -233,7 +237,7 @@ def write_report(out_dir: str, gt_dir: str, det_dir: str, ids: Optional[Sequence
             elif frame_id not in shown:
                 parts.append(f"<h3>{html.escape(caption)}</h3>")
     links = " ".join(f"<a href='{html.escape(os.path.relpath(os.path.join(det_dir, f'{i}.txt'), out_dir))}'>{i}</a>"
-                     for i in ids)
+                     for i in ids if i in present)
     parts.append(f"<h2>Result files</h2><p class=small>{links}</p></body></html>")
     page = os.path.join(out_dir, "index.html")
     atomic_write_text(page, "\n".join(parts))

@@ -26,6 +26,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -78,7 +79,9 @@ def _sparse_pairs(module, out) -> int:
 
 def count_flops(model: nn.Module, *inputs) -> FlopCount:
     """Runs ``model(*inputs)`` once (no grad) with counting hooks; see the module docstring."""
-    from spconv.pytorch.conv import SparseConvolution
+    with warnings.catch_warnings():   # spconv's torch.cuda.amp deprecation warnings at import
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
+        from spconv.pytorch.conv import SparseConvolution
 
     count = FlopCount()
     names = {m: n for n, m in model.named_modules()}

@@ -164,3 +164,15 @@ def test_spconv_import_prints_no_warnings():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "FutureWarning" not in proc.stderr
+
+
+def test_pd_profile_of_a_pointpillars_config_prints_no_spconv_warnings():
+    """pd-profile imports spconv for its FLOP counter even when the model has no sparse conv."""
+    code = ("import warnings, sys; warnings.simplefilter('always')\n"
+            "from pointdistiller.cli.profile import count_flops\n"
+            "import torch\n"
+            "count_flops(torch.nn.Linear(2, 2), torch.zeros(1, 2))\n"
+            "assert 'spconv.pytorch.conv' in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "FutureWarning" not in proc.stderr

@@ -77,3 +77,20 @@ def test_kitti_tools_eval_report(kitti_sample, tmp_path, capsys):
                      os.path.join(kitti_sample, "example_detections"), "--ids", str(ids),
                      "--report", str(tmp_path / "r")]) == 0
     assert f"report: {tmp_path / 'r' / 'index.html'}" in capsys.readouterr().out
+
+
+def test_kitti_tools_eval_report_with_missing_results(kitti_sample, tmp_path, capsys):
+    """--allow-missing: a frame without a result file counts as no detections in the report too
+    (its objects are all missed) and gets no result link."""
+    det = tmp_path / "det"
+    det.mkdir()
+    shutil.copy(os.path.join(kitti_sample, "example_detections", "000008.txt"), det / "000008.txt")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("000000\n000008\n")
+    assert cli.main(["eval", "--gt", os.path.join(kitti_sample, "training", "label_2"), "--det",
+                     str(det), "--ids", str(ids), "--allow-missing",
+                     "--report", str(tmp_path / "r")]) == 0
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "2 frames" in page
+    assert "000008.txt" in page and "000000.txt" not in page
+    assert "000000: " in page and " 0 false" in page    # 000000's objects are missed, none false
