@@ -1,0 +1,77 @@
+"""benchmarks/bm_kd_synthetic.py at a small scale (--quick: 16 scenes, 4 steps a run): the command that
+reproduces the shipped demo teacher, a plain and a distilled student, resuming from the results
+files, reusing a run that another method already ran, and leaving stale rows out of the report."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SCRIPT = os.path.join(REPO, "benchmarks", "bm_kd_synthetic.py")
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+import bm_kd_synthetic as bm  # noqa: E402
+
+
+def _run(work, *args):
+    env = {**os.environ, "PD_CACHE": os.path.join(work, "cache")}
+    proc = subprocess.run([sys.executable, SCRIPT, "--quick", "--work-root", work, *args],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _rows(path):
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("bm_kd"))
+    first = _run(work, "--stage", "teachers", "--only", "teacher/pointpillars")
+    students = _run(work, "--stage", "table", "--only", "pp4x_p*", "--seeds", "0")
+    return work, first, students
+
+
+def test_teacher_stage_writes_pinned_fp16_weights(quick_runs):
+    work, out, _ = quick_runs
+    layout = bm.Layout(work)
+    weights = layout.weights(bm.TEACHERS["pointpillars"])
+    (row,) = _rows(layout.table)[:1]
+    assert row["key"] == "teacher/pointpillars" and row["steps"] == 4
+    assert row["weights_sha256"] == bm.sha256_file(weights)
+    assert f"sha256 {row['weights_sha256']}" in out
+    from pointdistiller.engine.checkpoint import load_checkpoint
+
+    state = load_checkpoint(weights)["model"]
+    assert {str(v.dtype) for v in state.values() if v.is_floating_point()} == {"torch.float16"}
+
+
+def test_students_distil_from_the_written_teacher_and_resume(quick_runs):
+    work, _, _ = quick_runs
+    layout = bm.Layout(work)
+    rows = {r["key"]: r for r in _rows(layout.table)}
+    plain, kd = rows["pp4x_plain/seed0"], rows["pp4x_pointdistiller/seed0"]
+    assert plain["teacher_sha256"] is None and plain["steps"] == 4
+    assert kd["teacher_sha256"] == rows["teacher/pointpillars"]["weights_sha256"]
+    assert "local0_effective_weighted" in kd["effective_weighted"]
+    again = _run(work, "--stage", "table", "--only", "pp4x_p*", "--seeds", "0")
+    assert "pp4x_plain/seed0: done" in again and "pp4x_pointdistiller/seed0: done" in again
+    assert len(_rows(layout.table)) == len(rows)
+
+
+def test_a_run_with_the_same_resolved_config_is_reused_and_stale_rows_leave_the_report(quick_runs):
+    work, _, _ = quick_runs
+    layout = bm.Layout(work)
+    # the ablation "tau 10" resolves to the table's PointDistiller config: the same run
+    out = _run(work, "--stage", "ablation", "--only", "abl_pd_tau10/seed0")
+    assert "abl_pd_tau10/seed0: the same run as pp4x_pointdistiller/seed0" in out
+    (reused,) = _rows(layout.ablation)
+    assert reused["same_run_as"] == "pp4x_pointdistiller/seed0"
+    # a row whose config no longer matches its method is left out of the report
+    rows = _rows(layout.table)
+    stale = {**rows[-1], "fingerprint": "0" * 16}
+    kept = bm.current_rows(rows + [stale], quick=True)
+    assert stale not in kept and rows[-1] in kept
