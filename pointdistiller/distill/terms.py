@@ -88,34 +88,28 @@ class LocalTerm(LocalDistillation):
         return super().forward(t_nodes, s_nodes, importance, offsets, coords)
 
 
-class FitNetTerm(FitNet):
+class _OneTapTerm:
+    """A feature baseline on one tap: the teacher's and the student's nodes of ``cfg.feature``
+    (placed before the baseline module in the bases, so that ``super()`` is that module)."""
+
+    def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
+                 num_classes: int):
+        super().__init__(*_widths(cfg.feature, f"{where}.feature", teacher, student),
+                         loss_weight=cfg.loss_weight)
+        self.feature, self.where = cfg.feature, where
+
+    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
+        t_nodes, offsets, _, _, s_nodes = _pair(teacher_out, student_out, batch, self.feature,
+                                                self.where)
+        return super().forward(t_nodes, s_nodes, offsets)
+
+
+class FitNetTerm(_OneTapTerm, FitNet):
     """FitNet on one tap (:class:`~.baselines.FitNet`)."""
 
-    def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
-                 num_classes: int):
-        super().__init__(*_widths(cfg.feature, f"{where}.feature", teacher, student),
-                         loss_weight=cfg.loss_weight)
-        self.feature, self.where = cfg.feature, where
 
-    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
-        t_nodes, offsets, _, _, s_nodes = _pair(teacher_out, student_out, batch, self.feature,
-                                                self.where)
-        return super().forward(t_nodes, s_nodes, offsets)
-
-
-class AttentionTerm(AttentionTransfer):
+class AttentionTerm(_OneTapTerm, AttentionTransfer):
     """Attention transfer on one tap (:class:`~.baselines.AttentionTransfer`)."""
-
-    def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
-                 num_classes: int):
-        super().__init__(*_widths(cfg.feature, f"{where}.feature", teacher, student),
-                         loss_weight=cfg.loss_weight)
-        self.feature, self.where = cfg.feature, where
-
-    def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
-        t_nodes, offsets, _, _, s_nodes = _pair(teacher_out, student_out, batch, self.feature,
-                                                self.where)
-        return super().forward(t_nodes, s_nodes, offsets)
 
 
 class ResponseTerm(ResponseKD):

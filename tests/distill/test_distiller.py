@@ -13,7 +13,7 @@ from pointdistiller.distill.config import DistillConfig, FeatureTermConfig, Loca
 from pointdistiller.distill.distiller import Distiller
 from pointdistiller.distill.local import LocalDistillation
 
-from conftest import make_batch
+from distill_batches import make_batch
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
