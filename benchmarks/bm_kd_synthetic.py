@@ -38,6 +38,8 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from pointdistiller.deploy.bundle import sha256_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join("configs", "demo")
 CLASSES = ("Car", "Pedestrian", "Cyclist")
@@ -213,14 +215,6 @@ def git_commit(paths: Sequence[str], message: str) -> None:
             print(f"  git {args[0]} failed ({proc.stderr.strip() or proc.stdout.strip()}); "
                   f"the row is in {paths[0]}", flush=True)
             return
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve(config: str, overrides: Sequence[str]) -> Tuple[str, Dict]:

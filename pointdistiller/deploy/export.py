@@ -13,7 +13,6 @@ every deployed PointPillars; their settings (and the anchors) go into ``deploy.j
 ``anchors.npy`` beside ``model.onnx``. SECOND cannot be exported: its sparse convolutions (spconv)
 have no ONNX form.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,8 @@ from torch import Tensor, nn
 
 from pointdistiller.kitti_tools.fileio import OutputError, check_writable_dir
 
-from .bundle import ANCHORS, BUNDLE_FORMAT, DEPLOY_JSON, MODEL_ONNX, OUTPUT_NAMES, INPUT_NAMES
+from .bundle import (ANCHORS, BUNDLE_FORMAT, DEPLOY_JSON, INPUT_NAMES, MODEL_ONNX, OUTPUT_NAMES,
+                     sha256_file)
 
 DEFAULT_OPSET = 18
 
@@ -123,14 +123,6 @@ def deploy_settings(model: nn.Module, model_cfg: Dict[str, Any], data_cfg) -> Di
     }
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def export_bundle(config: str, checkpoint: str, out_dir: str, precision: str = "fp32",
                   opset: int = DEFAULT_OPSET, overrides=(), log=print) -> Dict[str, Any]:
     """Writes the bundle of ``config`` + ``checkpoint`` into ``out_dir`` (atomically: a complete
@@ -168,13 +160,13 @@ def export_bundle(config: str, checkpoint: str, out_dir: str, precision: str = "
         anchors = model.head.anchors(torch.device("cpu"))[0].numpy().astype(np.float32)
         np.save(os.path.join(staging, ANCHORS), anchors, allow_pickle=False)
         deploy = {"format": BUNDLE_FORMAT, **settings,
-                  "network": {"file": MODEL_ONNX, "sha256": _sha256(onnx_path), "opset": opset,
+                  "network": {"file": MODEL_ONNX, "sha256": sha256_file(onnx_path), "opset": opset,
                               "precision": precision, "inputs": INPUT_NAMES,
                               "outputs": _output_shapes(model)},
-                  "anchors_file": {"file": ANCHORS, "sha256": _sha256(os.path.join(staging, ANCHORS))},
+                  "anchors_file": {"file": ANCHORS, "sha256": sha256_file(os.path.join(staging, ANCHORS))},
                   "source": {"config": os.path.abspath(config), "overrides": list(overrides),
                              "checkpoint": os.path.abspath(checkpoint),
-                             "checkpoint_sha256": _sha256(checkpoint),
+                             "checkpoint_sha256": sha256_file(checkpoint),
                              "torch": torch.__version__}}
         with open(os.path.join(staging, DEPLOY_JSON), "w", encoding="utf-8") as f:
             json.dump(deploy, f, indent=1)
