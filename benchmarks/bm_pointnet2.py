@@ -129,8 +129,8 @@ def main(argv=None) -> int:
 
     features = torch.randn(len(pts), 32)
     t_group = median_ms(lambda: group_points(features, idx), args.repeat)
-    dist2, nn = three_nn(points, offsets, centers, c_off)
-    weight = 1.0 / (dist2 + 1e-8)
+    dist, nn = three_nn(points, offsets, centers, c_off)
+    weight = 1.0 / (dist + 1e-8)
     weight = weight / weight.sum(dim=1, keepdim=True)
     known = torch.randn(len(centers), 128)
     t_nn = median_ms(lambda: three_nn(points, offsets, centers, c_off), args.repeat)

@@ -89,11 +89,13 @@ def group_points(features: Tensor, idx: Tensor) -> Tensor:
 
 def three_nn(unknown: Tensor, unknown_offsets: Tensor, known: Tensor,
              known_offsets: Tensor) -> Tuple[Tensor, Tensor]:
-    """The three nearest known rows of each unknown row (same sample): ``(dist2 [N, 3] float32
-    ascending, idx [N, 3] int64)``, ties to the lower row; :func:`pointdistiller.ops.knn` with
-    ``k = 3``."""
+    """The three nearest known rows of each unknown row (same sample): ``(dist [N, 3] float32
+    Euclidean distances, ascending, idx [N, 3] int64)``, ties to the lower row. The distances are
+    not squared, as in PointNet++'s ``three_nn`` and OpenPCDet's / mmcv's wrappers (feature
+    propagation weights by ``1 / (dist + 1e-8)``); :func:`pointdistiller.ops.knn` with ``k = 3``
+    underneath (which returns squared distances)."""
     idx, dist2 = knn(unknown, known, 3, query_offsets=unknown_offsets, ref_offsets=known_offsets)
-    return dist2, idx
+    return dist2.sqrt(), idx
 
 
 def three_interpolate(features: Tensor, idx: Tensor, weight: Tensor) -> Tensor:

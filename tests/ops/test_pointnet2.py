@@ -135,15 +135,15 @@ def test_group_points_forward_backward():
 def test_three_nn_and_interpolate():
     unknown, u_off = cloud([200, 150], seed=7)
     known, k_off = cloud([30, 20], seed=8, duplicates=5)
-    dist2, idx = P.three_nn(unknown, u_off, known, k_off)
+    dist, idx = P.three_nn(unknown, u_off, known, k_off)
     for n in range(len(unknown)):
         b = int(n >= 200)
         rows = torch.arange(int(k_off[b]), int(k_off[b + 1]))
         d = ref._d2(known[rows], unknown[n])
         order = sorted(range(len(rows)), key=lambda i: (float(d[i]), i))[:3]
         assert idx[n].tolist() == rows[order].tolist()
-        assert torch.equal(dist2[n], d[order])
-    weight = 1.0 / (dist2 + 1e-8)
+        assert torch.equal(dist[n], d[order].sqrt())        # distances, not squared
+    weight = 1.0 / (dist + 1e-8)
     weight = weight / weight.sum(dim=1, keepdim=True)
     features = torch.randn(50, 4, requires_grad=True)
     out = P.three_interpolate(features, idx, weight)
@@ -162,6 +162,28 @@ def test_opcheck_of_the_differentiable_ops():
     weight = torch.rand(6, 3)
     torch.library.opcheck(torch.ops.pointdistiller.three_interpolate.default,
                           (features, idx[:, :3].contiguous(), weight))
+
+
+def test_opcheck_of_the_index_ops():
+    """Schema and fake kernels of the non-differentiable ops against their CPU kernels (shapes,
+    dtypes, devices; FPS's output length is data-dependent)."""
+    from pointdistiller.ops._loader import op
+
+    op("furthest_point_sample")      # loads the library and registers the fake kernels
+    utils = ("test_schema", "test_faketensor")
+    points, offsets = cloud([300, 0, 120], seed=3)
+    torch.library.opcheck(torch.ops.pointdistiller.furthest_point_sample.default,
+                          (points, offsets, torch.tensor([40, 0, 120])), test_utils=utils)
+    centers, c_off = points[[0, 5, 9, 301, 302]].contiguous(), torch.tensor([0, 3, 3, 5])
+    torch.library.opcheck(torch.ops.pointdistiller.ball_query.default,
+                          (points, offsets, centers, c_off, 1.5, 16), test_utils=utils)
+    boxes = torch.cat([_boxes(4, 5), _boxes(5, 3)])
+    b_off = torch.tensor([0, 5, 5, 8])
+    torch.library.opcheck(torch.ops.pointdistiller.points_in_boxes.default,
+                          (points, offsets, boxes, b_off), test_utils=utils)
+    features = torch.randn(len(points), 6)
+    torch.library.opcheck(torch.ops.pointdistiller.roipoint_pool3d.default,
+                          (points, features, offsets, boxes, b_off, 24), test_utils=utils)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,7 +284,7 @@ def test_cuda_equals_cpu(kitti_sample):
     g_pooled, g_empty = P.roipoint_pool3d(points.cuda(), features.cuda(), offsets.cuda(), boxes.cuda(),
                                           b_off.cuda(), 128)
     assert torch.equal(g_pooled.cpu(), pooled) and torch.equal(g_empty.cpu(), empty)
-    dist2, nn = P.three_nn(points[:3000], torch.tensor([0, 3000]), centers[:512], torch.tensor([0, 512]))
+    _, nn = P.three_nn(points[:3000], torch.tensor([0, 3000]), centers[:512], torch.tensor([0, 512]))
     w = torch.rand(3000, 3)
     torch.testing.assert_close(
         P.three_interpolate(features[:512].cuda(), nn.cuda(), w.cuda()).cpu(),
