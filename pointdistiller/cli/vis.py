@@ -97,9 +97,13 @@ def distill_picture(config: str, frame_id: str, root: Optional[str] = None, spli
     collate = VoxelCollator(v.voxel_size, v.point_range, v.max_points, v.max_voxels[1])
     batch = collate([Sample(np.ascontiguousarray(points), np.zeros((0, 7), np.float32),
                             np.zeros(0, np.int64), frame_id)])
+    taps = {t.name: t for t in teacher.feature_info}
+    if term_cfg.feature not in taps:
+        raise RunError(f"{config}: distill.local[{term_index}].feature {term_cfg.feature!r} is not a "
+                       f"tap of the teacher (taps: {', '.join(sorted(taps))})")
     with torch.no_grad():
         feature = teacher(batch).features[term_cfg.feature]
-    nodes, offsets, coords, npts = _nodes(feature, batch, term_cfg.feature)
+    nodes, offsets, coords, npts = _nodes(feature, batch, term_cfg.feature, taps[term_cfg.feature].kind)
     importance = npts.float() if term_cfg.importance == "num_points" else nodes.max(dim=1).values
     term = LocalDistillation(nodes.shape[1], nodes.shape[1], num_nodes=term_cfg.num_nodes,
                              k=term_cfg.k, tau=term_cfg.tau, reweight=term_cfg.reweight,

@@ -5,8 +5,9 @@ and called as ``term(teacher_out, student_out, batch) -> (scalar loss, stats)`` 
 ``DetectorOutput``s. :data:`TERMS` maps each ``distill`` config field to its class; adding a method
 is one module with its term class (and its config dataclass in :mod:`.config`) and one entry here.
 
-Node taps (``[V, C]`` voxel or ``[N, C]`` point features) use the batch's voxel offsets, point counts
-and grid coordinates; BEV taps (``[B, C, H, W]``) become one node per cell (:func:`bev_to_nodes`).
+Each term reads its tap's declared kind: voxel taps (``[V, C]``) use the batch's voxel offsets,
+point counts and grid coordinates; point taps (``[N, C]``, one row per ``batch.points`` row) its
+point offsets and xyz; BEV taps (``[B, C, H, W]``) become one node per cell (:func:`bev_to_nodes`).
 """
 from typing import Dict, Mapping, Optional, Tuple
 
@@ -22,44 +23,56 @@ from .local import LocalDistillation, bev_to_nodes
 Taps = Mapping[str, FeatureTap]
 
 
-def _nodes(feature: Tensor, batch, name: str) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
-    """(nodes [n, C], offsets [B+1], coords [n, D] float, points-per-node [n] or None)."""
-    if feature.dim() == 4:
+def _nodes(feature: Tensor, batch, name: str, kind: str
+           ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor]]:
+    """(nodes [n, C], offsets [B+1], coords [n, D] float, points-per-node [n] or None) of the tap
+    ``name`` of declared ``kind``: BEV cells (grid coordinates), voxels (their grid coordinates and
+    point counts) or points (one row per ``batch.points`` row, metric xyz, ``batch.point_offsets``)."""
+    expected = 4 if kind == "bev" else 2
+    if feature.dim() != expected:
+        layout = "[B, C, H, W]" if kind == "bev" else "[n, C]"
+        raise ValueError(f"distill: {kind} tap {name!r} has shape {tuple(feature.shape)}; expected "
+                         f"{layout}")
+    if kind == "bev":
         nodes, offsets, coords = bev_to_nodes(feature)
         return nodes, offsets, coords, None
-    if feature.dim() == 2:
-        if feature.shape[0] != batch.voxel_coords.shape[0]:
-            raise ValueError(f"distill: node tap {name!r} has {feature.shape[0]} rows but the batch has "
-                             f"{batch.voxel_coords.shape[0]} voxels")
-        return (feature, batch.voxel_offsets.to(feature.device),
-                batch.voxel_coords[:, 1:].to(feature.device).float(),
-                batch.voxel_num_points.to(feature.device))
-    raise ValueError(f"distill: feature tap {name!r} has shape {tuple(feature.shape)}; expected [n, C] "
-                     f"or [B, C, H, W]")
+    rows, what = ((batch.voxel_coords, "voxels") if kind == "voxel" else (batch.points, "points"))
+    if feature.shape[0] != rows.shape[0]:
+        raise ValueError(f"distill: {kind} tap {name!r} has {feature.shape[0]} rows but the batch has "
+                         f"{rows.shape[0]} {what}")
+    dev = feature.device
+    if kind == "voxel":
+        return (feature, batch.voxel_offsets.to(dev), batch.voxel_coords[:, 1:].to(dev).float(),
+                batch.voxel_num_points.to(dev))
+    return feature, batch.point_offsets.to(dev), batch.points[:, :3].to(dev).float(), None
 
 
-def _pair(t_out, s_out, batch, name: str, where: str):
+def _pair(t_out, s_out, batch, name: str, kind: str, where: str):
     """(teacher nodes, offsets, coords, points-per-node or None, student nodes) of one tap."""
     for model, out in (("teacher", t_out), ("student", s_out)):
         if name not in out.features:
             raise ValueError(f"distill.{where}: the {model}'s output has no feature tap {name!r} "
                              f"(taps: {', '.join(sorted(out.features))})")
-    t_nodes, offsets, coords, npts = _nodes(t_out.features[name], batch, name)
-    s_nodes, s_offsets, _, _ = _nodes(s_out.features[name], batch, name)
+    t_nodes, offsets, coords, npts = _nodes(t_out.features[name], batch, name, kind)
+    s_nodes, s_offsets, _, _ = _nodes(s_out.features[name], batch, name, kind)
     if t_nodes.shape[0] != s_nodes.shape[0] or not torch.equal(offsets, s_offsets):
         raise ValueError(f"distill.{where}: teacher and student tap {name!r} have different nodes "
                          f"(teacher {tuple(t_out.features[name].shape)}, student "
                          f"{tuple(s_out.features[name].shape)}); distillation needs the same "
-                         f"voxels / BEV grid in both")
+                         f"voxels / BEV grid / points in both")
     return t_nodes, offsets, coords, npts, s_nodes
 
 
-def _widths(name: str, where: str, teacher: Taps, student: Taps) -> Tuple[int, int]:
+def _tap(name: str, where: str, teacher: Taps, student: Taps) -> Tuple[int, int, str]:
+    """(teacher width, student width, kind) of the tap both models declare as ``name``."""
     for model, taps in (("teacher", teacher), ("student", student)):
         if name not in taps:
             raise ValueError(f"distill.{where}: the {model} has no feature tap {name!r} "
                              f"(taps: {', '.join(sorted(taps))})")
-    return teacher[name].channels, student[name].channels
+    if teacher[name].kind != student[name].kind:
+        raise ValueError(f"distill.{where}: tap {name!r} is a {teacher[name].kind} tap of the teacher "
+                         f"but a {student[name].kind} tap of the student")
+    return teacher[name].channels, student[name].channels, teacher[name].kind
 
 
 class LocalTerm(LocalDistillation):
@@ -68,19 +81,19 @@ class LocalTerm(LocalDistillation):
 
     def __init__(self, cfg: LocalTermConfig, where: str, teacher: Taps, student: Taps,
                  num_classes: int):
-        c_t, c_s = _widths(cfg.feature, f"{where}.feature", teacher, student)
-        if cfg.importance == "num_points" and teacher[cfg.feature].kind != "voxel":
+        c_t, c_s, kind = _tap(cfg.feature, f"{where}.feature", teacher, student)
+        if cfg.importance == "num_points" and kind != "voxel":
             raise ValueError(f"distill.{where}: importance 'num_points' needs a voxel tap, "
-                             f"{cfg.feature!r} is a {teacher[cfg.feature].kind} tap (use 'channel_max')")
+                             f"{cfg.feature!r} is a {kind} tap (use 'channel_max')")
         super().__init__(c_t, c_s, num_nodes=cfg.num_nodes, k=cfg.k, tau=cfg.tau,
                          loss_weight=cfg.loss_weight, pool=cfg.pool, reweight=cfg.reweight,
                          knn_space=cfg.knn_space, selection=cfg.selection, edge_mode=cfg.edge_mode,
                          graph_init=cfg.graph_init)
-        self.feature, self.importance, self.where = cfg.feature, cfg.importance, where
+        self.feature, self.kind, self.importance, self.where = cfg.feature, kind, cfg.importance, where
 
     def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
         t_nodes, offsets, coords, npts, s_nodes = _pair(teacher_out, student_out, batch,
-                                                        self.feature, self.where)
+                                                        self.feature, self.kind, self.where)
         if self.importance == "num_points":
             importance = npts.float()
         else:
@@ -94,13 +107,13 @@ class _OneTapTerm:
 
     def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
                  num_classes: int):
-        super().__init__(*_widths(cfg.feature, f"{where}.feature", teacher, student),
-                         loss_weight=cfg.loss_weight)
-        self.feature, self.where = cfg.feature, where
+        c_t, c_s, kind = _tap(cfg.feature, f"{where}.feature", teacher, student)
+        super().__init__(c_t, c_s, loss_weight=cfg.loss_weight)
+        self.feature, self.kind, self.where = cfg.feature, kind, where
 
     def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
         t_nodes, offsets, _, _, s_nodes = _pair(teacher_out, student_out, batch, self.feature,
-                                                self.where)
+                                                self.kind, self.where)
         return super().forward(t_nodes, s_nodes, offsets)
 
 
