@@ -170,6 +170,10 @@ ABLATIONS: List[Method] = [
         f"distill.local=[{{{PFN}, num_nodes: 6000, k: 128, tau: 10.0, loss_weight: 2.0}}]",
         seeds=(0,)),
     _pfn("PointDistiller, tau 10, lambda 10", "abl_pd_tau10_lambda10", tau=10.0, loss_weight=10.0),
+    # third round, after FitNet beat PointDistiller on seeds 0 and 1: the teacher's graph layer kept
+    # at its initialisation (a trained teacher/student pair of graph layers can agree on a constant)
+    _pfn("PointDistiller, tau 10, frozen teacher graph", "abl_pd_tau10_frozen_tgraph", tau=10.0,
+         teacher_graph="frozen"),
     # the paper's tau, the table's PointDistiller until the first round made tau 10 the default
     _pfn("PointDistiller, tau 0.01 (the paper's)", "abl_pd_tau0p01", tau=0.01),
 ]

@@ -19,6 +19,7 @@ class LocalTermConfig:
     selection: Literal["per_sample", "pooled"] = "per_sample"
     edge_mode: Literal["factorized", "gather"] = "factorized"
     graph_init: Literal["torch", "authors"] = "torch"   # authors: bias-free conv, Kaiming fan-out
+    teacher_graph: Literal["trained", "frozen"] = "trained"   # frozen: the teacher's graph layer keeps its init
 
 
 @dataclass

@@ -158,14 +158,21 @@ class LocalDistillation(nn.Module):
             the whole batch together, so a neighbour may come from another scene).
         edge_mode: ``"factorized"`` (default) or ``"gather"``; identical values.
         graph_init: ``"torch"`` or ``"authors"`` (see :class:`GraphLayer`).
+        teacher_graph: ``"trained"`` (the paper: the teacher's graph layer learns with the
+            student's) or ``"frozen"`` (it keeps its initial weights, so the student matches a
+            fixed local embedding of the teacher's features). A trained pair has a degenerate
+            minimum: with both BatchNorm scales at 0 and equal shifts the loss is 0 for any
+            features, and AdamW's weight decay pulls the scales that way.
     """
 
     def __init__(self, teacher_channels: int, student_channels: int, num_nodes: int = 6000,
                  k: int = 128, tau: float = 0.01, loss_weight: float = 2.0, pool: str = "none",
                  reweight: bool = True, knn_space: str = "teacher", selection: str = "per_sample",
-                 edge_mode: str = "factorized", graph_init: str = "torch"):
+                 edge_mode: str = "factorized", graph_init: str = "torch",
+                 teacher_graph: str = "trained"):
         super().__init__()
         for name, value, allowed in (("pool", pool, ("none", "max")),
+                                     ("teacher_graph", teacher_graph, ("trained", "frozen")),
                                      ("knn_space", knn_space, ("teacher", "coords")),
                                      ("selection", selection, ("per_sample", "pooled")),
                                      ("edge_mode", edge_mode, ("factorized", "gather"))):
@@ -179,6 +186,9 @@ class LocalDistillation(nn.Module):
         self.selection, self.edge_mode = selection, edge_mode
         self.teacher_graph = GraphLayer(teacher_channels, student_channels, graph_init)
         self.student_graph = GraphLayer(student_channels, student_channels, graph_init)
+        self.teacher_graph_mode = teacher_graph
+        if teacher_graph == "frozen":
+            self.teacher_graph.requires_grad_(False)
 
     # ------------------------------------------------------------------------------------------
     def select(self, importance: Tensor, offsets: Tensor, space: Tensor) -> Selection:

@@ -88,7 +88,7 @@ class LocalTerm(LocalDistillation):
         super().__init__(c_t, c_s, num_nodes=cfg.num_nodes, k=cfg.k, tau=cfg.tau,
                          loss_weight=cfg.loss_weight, pool=cfg.pool, reweight=cfg.reweight,
                          knn_space=cfg.knn_space, selection=cfg.selection, edge_mode=cfg.edge_mode,
-                         graph_init=cfg.graph_init)
+                         graph_init=cfg.graph_init, teacher_graph=cfg.teacher_graph)
         self.feature, self.kind, self.importance, self.where = cfg.feature, kind, cfg.importance, where
 
     def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:

@@ -161,3 +161,50 @@ def test_loss_and_gradient_equal_the_dense_formulas(monkeypatch, use_numba, grap
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
     torch.testing.assert_close(grad, student.grad, rtol=1e-4, atol=1e-6)
     assert (term.teacher_graph.conv.bias is None) == (graph_init == "authors")
+
+
+def _term_and_nodes(teacher_graph, seed=4):
+    gen = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(60, 6, generator=gen)
+    student = torch.randn(60, 4, generator=gen, requires_grad=True)
+    importance = torch.rand(60, generator=gen)
+    torch.manual_seed(0)
+    term = LocalDistillation(6, 4, num_nodes=16, k=5, tau=1.0, teacher_graph=teacher_graph)
+    return term, teacher, student, importance, torch.tensor([0, 25, 60])
+
+
+def test_a_trained_teacher_graph_has_a_zero_loss_for_any_features():
+    # the degenerate minimum the frozen teacher graph removes: BN scales 0, equal shifts
+    term, teacher, student, importance, offsets = _term_and_nodes("trained")
+    with torch.no_grad():
+        for layer in (term.teacher_graph, term.student_graph):
+            layer.bn.weight.zero_()
+            layer.bn.bias.fill_(0.3)
+    loss, _ = term(teacher, student, importance, offsets)
+    assert float(loss) == 0.0
+    loss, _ = term(teacher * 5 + 1, torch.randn(60, 4), importance, offsets)
+    assert float(loss) == 0.0
+
+
+@pytest.mark.parametrize("teacher_graph", ["trained", "frozen"])
+def test_frozen_teacher_graph_keeps_its_weights(teacher_graph):
+    term, teacher, student, importance, offsets = _term_and_nodes(teacher_graph)
+    before = {k: v.clone() for k, v in term.teacher_graph.state_dict().items() if "running" not in k
+              and "num_batches" not in k}
+    params = [p for p in term.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params + [student], lr=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        loss, _ = term(teacher, student, importance, offsets)
+        loss.backward()
+        opt.step()
+    after = term.teacher_graph.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    if teacher_graph == "frozen":
+        assert changed == set()
+        assert all(p.grad is None for p in term.teacher_graph.parameters())
+        assert term.student_graph.conv.weight.grad.abs().sum() > 0 and student.grad.abs().sum() > 0
+    else:
+        assert changed == set(before)
+    with pytest.raises(ValueError, match="teacher_graph"):
+        LocalDistillation(6, 4, teacher_graph="fixed")
