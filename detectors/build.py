@@ -4,10 +4,10 @@ from typing import Any, Dict, Mapping
 
 from torch import nn
 
-from .outputs import DetectorOutput
-from .pointpillars import PointPillars
-from .second import SECOND
-from .voxel_encoders import VoxelizationSettings
+from pointdistiller.detectors.outputs import DetectorOutput
+from pointdistiller.detectors.pointpillars import PointPillars
+from pointdistiller.detectors.second import SECOND
+from pointdistiller.detectors.voxel_encoders import VoxelizationSettings
 
 # The detectors a config's ``model.type`` may name (exact, case-sensitive).
 DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND}

@@ -4,11 +4,11 @@ from typing import ClassVar, Dict, List, Optional, Tuple
 from torch import Tensor, nn
 
 from pointdistiller.detectors.batch import Batch
-from .backbones_2d import SECONDBackbone, SECONDFPN
-from .heads.anchor_head import AnchorHead, AnchorHeadConfig
-from .middle_encoders import PointPillarsScatter
-from .outputs import DetectorOutput, FeatureTap
-from .voxel_encoders import PillarFeatureNet, VoxelizationSettings, grid_size
+from pointdistiller.detectors.backbones_2d import SECONDBackbone, SECONDFPN
+from pointdistiller.detectors.heads.anchor_head import AnchorHead, AnchorHeadConfig
+from pointdistiller.detectors.middle_encoders import PointPillarsScatter
+from pointdistiller.detectors.outputs import DetectorOutput, FeatureTap
+from pointdistiller.detectors.voxel_encoders import PillarFeatureNet, VoxelizationSettings, grid_size
 
 
 class PointPillars(nn.Module):

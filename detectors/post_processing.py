@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .box_coding.coder import ResidualCoder, limit_period
+from pointdistiller.detectors.box_coding.coder import ResidualCoder, limit_period
 
 
 @dataclass

@@ -4,10 +4,10 @@ from typing import ClassVar, Dict, List, Literal, Optional, Tuple
 from torch import Tensor, nn
 
 from pointdistiller.detectors.batch import Batch
-from .backbones_2d import SECONDBackbone, SECONDFPN
-from .heads.anchor_head import AnchorHead, AnchorHeadConfig
-from .outputs import DetectorOutput, FeatureTap
-from .voxel_encoders import MeanVFE, VoxelizationSettings, grid_size
+from pointdistiller.detectors.backbones_2d import SECONDBackbone, SECONDFPN
+from pointdistiller.detectors.heads.anchor_head import AnchorHead, AnchorHeadConfig
+from pointdistiller.detectors.outputs import DetectorOutput, FeatureTap
+from pointdistiller.detectors.voxel_encoders import MeanVFE, VoxelizationSettings, grid_size
 
 
 class SECOND(nn.Module):
@@ -61,7 +61,7 @@ class SECOND(nn.Module):
         nx, ny, nz = grid_size(point_range, voxel_size)
         self.voxel_encoder = MeanVFE(num_point_features)
         # spconv is imported only when a SECOND is built (PointPillars and the ops never need it)
-        from .middle_encoders.sparse_encoder import SparseEncoder
+        from pointdistiller.detectors.middle_encoders.sparse_encoder import SparseEncoder
 
         self.encoder = SparseEncoder(num_point_features, (nz + 1, ny, nx), encoder_channels,
                                      encoder_layers, encoder_out_channels, sparse_algo)

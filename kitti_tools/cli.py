@@ -11,11 +11,11 @@ import argparse
 import sys
 from typing import List, Optional
 
-from .errors import KittiFormatError
+from pointdistiller.kitti_tools.errors import KittiFormatError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import eval_cli, prepare_cli, synth_cli
+    from pointdistiller.kitti_tools import eval_cli, prepare_cli, synth_cli
 
     parser = argparse.ArgumentParser(prog="kitti-tools", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True)

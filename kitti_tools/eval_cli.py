@@ -10,8 +10,8 @@ import argparse
 
 from pointdistiller.kitti_tools.fileio import atomic_write_json, check_writable_dir, check_writable_file
 
-from .evaluation import evaluate_dirs
-from .io import read_ids
+from pointdistiller.kitti_tools.evaluation import evaluate_dirs
+from pointdistiller.kitti_tools.io import read_ids
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, result.to_json_dict())
     if args.report:
-        from .visual.report import write_report
+        from pointdistiller.kitti_tools.visual.report import write_report
 
         page = write_report(args.report, args.gt, args.det, ids=ids,
                             allow_missing=args.allow_missing)

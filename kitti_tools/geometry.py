@@ -10,7 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
-from .calib import Calib
+from pointdistiller.kitti_tools.calib import Calib
 
 
 def limit_period(angle, offset: float = 0.5, period: float = 2 * np.pi):

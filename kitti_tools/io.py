@@ -14,8 +14,8 @@ import numpy as np
 
 from pointdistiller.kitti_tools.fileio import atomic_open, atomic_write_bytes
 
-from .calib import Calib
-from .errors import KittiFormatError
+from pointdistiller.kitti_tools.calib import Calib
+from pointdistiller.kitti_tools.errors import KittiFormatError
 
 # Every object type that appears in KITTI label_2 files.
 KITTI_TYPES = ("Car", "Van", "Truck", "Pedestrian", "Person_sitting", "Cyclist", "Tram", "Misc",

@@ -49,9 +49,9 @@ import numpy as np
 
 from pointdistiller.kitti_tools.fileio import atomic_write_text, check_writable_dir
 
-from . import io as kio
-from .errors import KittiFormatError
-from .geometry import camera_to_lidar_boxes, fov_mask, points_in_boxes
+from pointdistiller.kitti_tools import io as kio
+from pointdistiller.kitti_tools.errors import KittiFormatError
+from pointdistiller.kitti_tools.geometry import camera_to_lidar_boxes, fov_mask, points_in_boxes
 
 INFO_FORMAT = "pointdistiller.kitti_infos"
 DBINFO_FORMAT = "pointdistiller.kitti_dbinfos"

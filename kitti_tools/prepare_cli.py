@@ -2,7 +2,7 @@
 (see :mod:`pointdistiller.kitti_tools.prepare`)."""
 import argparse
 
-from .prepare import DEFAULT_SPLITS, prepare_kitti
+from pointdistiller.kitti_tools.prepare import DEFAULT_SPLITS, prepare_kitti
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

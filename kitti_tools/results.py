@@ -12,9 +12,9 @@ import numpy as np
 
 from pointdistiller.kitti_tools.fileio import atomic_open
 
-from .calib import Calib
-from .geometry import boxes_to_image, lidar_to_camera_boxes, observation_angle
-from .io import KittiObjects, format_objects
+from pointdistiller.kitti_tools.calib import Calib
+from pointdistiller.kitti_tools.geometry import boxes_to_image, lidar_to_camera_boxes, observation_angle
+from pointdistiller.kitti_tools.io import KittiObjects, format_objects
 
 
 def _as_numpy(name: str, value) -> np.ndarray:

@@ -24,7 +24,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``generate_dataset``; 0 on success (frames already present are skipped)."""
-    from .synth import generate_dataset
+    from pointdistiller.kitti_tools.synth import generate_dataset
 
     stats = generate_dataset(args.out, args.frames, seed=args.seed, val_fraction=args.val_fraction,
                              workers=args.workers, progress=args.progress)

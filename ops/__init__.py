@@ -14,14 +14,14 @@ documented wrapper of ``torch.ops.pointdistiller.<name>`` in the module of its f
 Pure-PyTorch references live in ``pointdistiller.ops.reference`` and are used by the tests only.
 The first op call loads the compiled library and says how to build it if it is missing.
 """
-from ._loader import load_library  # noqa: F401
-from .graph_edges import gather_edges
-from .iou3d import boxes_iou_3d, boxes_iou_bev, boxes_overlap_bev, nms_bev
-from .knn_search import knn
-from .pointnet2 import (ball_query, furthest_point_sample, group_points, points_in_boxes,
+from pointdistiller.ops._loader import load_library  # noqa: F401
+from pointdistiller.ops.graph_edges import gather_edges
+from pointdistiller.ops.iou3d import boxes_iou_3d, boxes_iou_bev, boxes_overlap_bev, nms_bev
+from pointdistiller.ops.knn_search import knn
+from pointdistiller.ops.pointnet2 import (ball_query, furthest_point_sample, group_points, points_in_boxes,
                         roipoint_pool3d, three_interpolate, three_nn)
-from .scatter import scatter_reduce
-from .voxelization import DynamicVoxels, HardVoxels, grid_size, voxelize, voxelize_dynamic
+from pointdistiller.ops.scatter import scatter_reduce
+from pointdistiller.ops.voxelization import DynamicVoxels, HardVoxels, grid_size, voxelize, voxelize_dynamic
 
 __all__ = ["voxelize", "voxelize_dynamic", "grid_size", "HardVoxels", "DynamicVoxels",
            "scatter_reduce", "knn", "gather_edges", "boxes_overlap_bev", "boxes_iou_bev",

@@ -7,7 +7,7 @@ scatter-adds into the feature rows (deterministic on CPU, atomic on CUDA).
 import torch
 from torch import Tensor
 
-from ._loader import after_load, op
+from pointdistiller.ops._loader import after_load, op
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 

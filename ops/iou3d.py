@@ -15,7 +15,7 @@ import torch
 
 from torch._subclasses.fake_tensor import is_fake
 
-from ._loader import after_load, op
+from pointdistiller.ops._loader import after_load, op
 
 __all__ = ["boxes_overlap_bev", "boxes_iou_bev", "boxes_iou_3d", "nms_bev"]
 

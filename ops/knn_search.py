@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from ._loader import after_load, op
+from pointdistiller.ops._loader import after_load, op
 
 
 def knn(query: Tensor, ref: Tensor, k: int, query_offsets: Optional[Tensor] = None,

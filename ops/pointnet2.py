@@ -11,8 +11,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._loader import after_load, op
-from .knn_search import knn
+from pointdistiller.ops._loader import after_load, op
+from pointdistiller.ops.knn_search import knn
 
 __all__ = ["furthest_point_sample", "ball_query", "group_points", "three_nn", "three_interpolate",
            "points_in_boxes", "roipoint_pool3d"]

@@ -7,7 +7,7 @@ go to the lowest point index.
 """
 import torch
 
-from ._loader import after_load, op
+from pointdistiller.ops._loader import after_load, op
 
 __all__ = ["scatter_reduce"]
 

@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from ._loader import after_load, op
+from pointdistiller.ops._loader import after_load, op
 
 __all__ = ["HardVoxels", "DynamicVoxels", "voxelize", "voxelize_dynamic", "grid_size"]
 

@@ -1,5 +1,5 @@
 """2D BEV backbones and necks (SECOND-style blocks, transposed-conv FPN neck)."""
-from .second_backbone import SECONDBackbone
-from .second_fpn import SECONDFPN
+from pointdistiller.detectors.backbones_2d.second_backbone import SECONDBackbone
+from pointdistiller.detectors.backbones_2d.second_fpn import SECONDFPN
 
 __all__ = ["SECONDBackbone", "SECONDFPN"]

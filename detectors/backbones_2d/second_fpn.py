@@ -4,7 +4,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor, nn
 
-from .second_backbone import BN_EPS, BN_MOMENTUM
+from pointdistiller.detectors.backbones_2d.second_backbone import BN_EPS, BN_MOMENTUM
 
 
 class SECONDFPN(nn.Module):

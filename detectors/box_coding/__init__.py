@@ -1,7 +1,7 @@
 """Anchor generation, residual box coding and anchor-to-ground-truth assignment of the anchor head."""
-from .anchors import AnchorGenerator
-from .assigner import AnchorAssigner, AssignResult, nearest_bev_iou
-from .coder import ResidualCoder, direction_bins, limit_period
+from pointdistiller.detectors.box_coding.anchors import AnchorGenerator
+from pointdistiller.detectors.box_coding.assigner import AnchorAssigner, AssignResult, nearest_bev_iou
+from pointdistiller.detectors.box_coding.coder import ResidualCoder, direction_bins, limit_period
 
 __all__ = [
     "AnchorGenerator",

@@ -28,7 +28,7 @@ from typing import Literal, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .coder import ResidualCoder, direction_bins, limit_period
+from pointdistiller.detectors.box_coding.coder import ResidualCoder, direction_bins, limit_period
 
 IOU_MODES = ("nearest_bev", "rotated_bev")
 

@@ -1,4 +1,4 @@
 """Detection heads on the BEV feature map."""
-from .anchor_head import AnchorHead, AnchorHeadConfig, HeadOutput
+from pointdistiller.detectors.heads.anchor_head import AnchorHead, AnchorHeadConfig, HeadOutput
 
 __all__ = ["AnchorHead", "AnchorHeadConfig", "HeadOutput"]

@@ -17,11 +17,11 @@ from torch import Tensor, nn
 from pointdistiller.detectors.batch import Batch
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 
-from ..box_coding.anchors import AnchorGenerator
-from ..box_coding.assigner import AnchorAssigner, AssignResult
-from ..box_coding.coder import ResidualCoder
-from ..losses import box_regression_loss, direction_loss, sigmoid_focal_loss
-from ..post_processing import Detections, decode_detections
+from pointdistiller.detectors.box_coding.anchors import AnchorGenerator
+from pointdistiller.detectors.box_coding.assigner import AnchorAssigner, AssignResult
+from pointdistiller.detectors.box_coding.coder import ResidualCoder
+from pointdistiller.detectors.losses import box_regression_loss, direction_loss, sigmoid_focal_loss
+from pointdistiller.detectors.post_processing import Detections, decode_detections
 
 NUM_DIR_BINS = 2
 

@@ -3,6 +3,6 @@
 ``sparse_encoder.SparseEncoder`` (SECOND) needs spconv; it is imported from its module, so that
 PointPillars and everything else load without spconv.
 """
-from .pillar_scatter import PointPillarsScatter
+from pointdistiller.detectors.middle_encoders.pillar_scatter import PointPillarsScatter
 
 __all__ = ["PointPillarsScatter"]

@@ -11,7 +11,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"spconv\.")
     import spconv.pytorch as spconv
 
-from ..spconv_utils import ALGOS, algo_for_device, patch_spconv_cpu_stream, set_conv_algo
+from pointdistiller.detectors.spconv_utils import (ALGOS, algo_for_device, patch_spconv_cpu_stream,
+                                                   set_conv_algo)
 
 # spconv's CPU backward needs stream 0 instead of a CUDA stream: see spconv_utils.
 patch_spconv_cpu_stream()

@@ -22,8 +22,8 @@ import numpy as np
 
 from pointdistiller.kitti_tools.io import KITTI_TYPES, KittiObjects
 
-from . import params
-from .overlaps import frame_overlaps
+from pointdistiller.kitti_tools.evaluation import params
+from pointdistiller.kitti_tools.evaluation.overlaps import frame_overlaps
 
 _TYPE_CODE = {name.lower(): code for code, name in enumerate(KITTI_TYPES)}
 _CANONICAL_CODE = {name: code for code, name in enumerate(KITTI_TYPES)}
@@ -86,19 +86,19 @@ class EvalResult:
     def to_json_dict(self) -> Dict:
         """``{set: {class: {metric: {"R40": [e, m, h], "R11": [e, m, h]}}}}`` in percent, metrics
         bbox, bev, 3d, aos (aos is None when not computed)."""
-        from .report import json_dict
+        from pointdistiller.kitti_tools.evaluation.report import json_dict
 
         return json_dict(self)
 
     def summary(self) -> str:
         """The python port's text block (``Car AP@0.70, 0.70, 0.70:`` ...), lines ending in \\n."""
-        from .report import format_summary
+        from pointdistiller.kitti_tools.evaluation.report import format_summary
 
         return format_summary(self)
 
     def ret_dict(self) -> Dict[str, float]:
         """The python port's flat ``ret_dict`` (strict set, R40): ``Car_3d/easy_R40``, ..."""
-        from .report import port_ret_dict
+        from pointdistiller.kitti_tools.evaluation.report import port_ret_dict
 
         return port_ret_dict(self)
 

@@ -9,8 +9,8 @@ from typing import List, Optional, Sequence
 
 from pointdistiller.kitti_tools.io import KittiObjects, read_label
 
-from . import params
-from .core import EvalResult, evaluate
+from pointdistiller.kitti_tools.evaluation import params
+from pointdistiller.kitti_tools.evaluation.core import EvalResult, evaluate
 
 # how many missing ids an error message lists before "..."
 _LIST_LIMIT = 10

@@ -5,7 +5,7 @@ Values follow the official devkit (``evaluate_object.cpp``) and the python port
 """
 from typing import Dict, Optional, Tuple
 
-from ..classes import CLASS_NAMES
+from pointdistiller.kitti_tools.classes import CLASS_NAMES
 
 # Evaluated classes, in report order.
 CLASSES: Tuple[str, ...] = CLASS_NAMES

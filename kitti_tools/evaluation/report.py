@@ -8,8 +8,8 @@ easy, moderate, hard as ``:.4f`` and, when AOS was computed, an ``aos  AP:`` lin
 """
 from typing import Dict, List
 
-from . import params
-from .core import ap_r11, ap_r40
+from pointdistiller.kitti_tools.evaluation import params
+from pointdistiller.kitti_tools.evaluation.core import ap_r11, ap_r40
 
 _LABELS = {"bbox": "bbox AP:", "bev": "bev  AP:", "3d": "3d   AP:", "aos": "aos  AP:"}
 _PORT_METRIC = {"bbox": "image", "bev": "bev", "3d": "3d", "aos": "aos"}

@@ -20,10 +20,11 @@ import numpy as np
 
 from pointdistiller.kitti_tools.fileio import atomic_write_json
 
-from ..io import frame_paths, write_calib, write_ids, write_label, write_png_header_only, write_velodyne
-from .frame import SynthFrame, render_frame
-from .scene import generate_scene
-from .sensors import IMAGE_SHAPE, LidarModel, kitti_calib
+from pointdistiller.kitti_tools.io import (frame_paths, write_calib, write_ids, write_label,
+                                           write_png_header_only, write_velodyne)
+from pointdistiller.kitti_tools.synth.frame import SynthFrame, render_frame
+from pointdistiller.kitti_tools.synth.scene import generate_scene
+from pointdistiller.kitti_tools.synth.sensors import IMAGE_SHAPE, LidarModel, kitti_calib
 
 GENERATOR_VERSION = 1
 META_FILE = "synth.json"
@@ -174,7 +175,7 @@ def _collect(results, stats, total: int, progress: bool) -> None:
 
 def _warm_up() -> None:
     """Compiles (or loads from numba's cache) the kernels before forking, so workers share them."""
-    from . import raycast as rc
+    from pointdistiller.kitti_tools.synth import raycast as rc
 
     prims = np.zeros((1, rc.PRIM_FIELDS))
     prims[0, rc.F_A:rc.F_C + 1] = 1.0

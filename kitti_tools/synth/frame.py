@@ -23,13 +23,14 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ..calib import Calib
-from ..geometry import (boxes_to_image, lidar_box_corners, lidar_to_camera_boxes, observation_angle,
-                        points_in_boxes)
-from ..io import KittiObjects
-from . import raycast as rc
-from .scene import Scene
-from .sensors import LidarModel, camera_rays
+from pointdistiller.kitti_tools.calib import Calib
+from pointdistiller.kitti_tools.geometry import (boxes_to_image, lidar_box_corners,
+                                                 lidar_to_camera_boxes, observation_angle,
+                                                 points_in_boxes)
+from pointdistiller.kitti_tools.io import KittiObjects
+from pointdistiller.kitti_tools.synth import raycast as rc
+from pointdistiller.kitti_tools.synth.scene import Scene
+from pointdistiller.kitti_tools.synth.sensors import LidarModel, camera_rays
 
 OCCLUSION_THRESHOLDS = (0.8, 0.5, 0.2)  # visible fraction above which levels 0, 1, 2 apply
 

@@ -11,9 +11,9 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ..calib import Calib
-from ..geometry import boxes_to_image, lidar_box_corners
-from . import raycast as rc
+from pointdistiller.kitti_tools.calib import Calib
+from pointdistiller.kitti_tools.geometry import boxes_to_image, lidar_box_corners
+from pointdistiller.kitti_tools.synth import raycast as rc
 
 SHAPE_MARGIN = 0.05
 

@@ -4,7 +4,7 @@ from typing import Tuple
 
 import numpy as np
 
-from ..calib import Calib
+from pointdistiller.kitti_tools.calib import Calib
 
 IMAGE_SHAPE = (375, 1242)  # (height, width) of KITTI's colour images
 

@@ -6,10 +6,11 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..calib import Calib
-from ..geometry import camera_to_lidar_boxes
-from .. import io as kio
-from .render import BevView, FrameBoxes, compose, render_3d, render_bev, render_camera
+from pointdistiller.kitti_tools.calib import Calib
+from pointdistiller.kitti_tools.geometry import camera_to_lidar_boxes
+from pointdistiller.kitti_tools import io as kio
+from pointdistiller.kitti_tools.visual.render import (BevView, FrameBoxes, compose, render_3d,
+                                                      render_bev, render_camera)
 
 VIEWS = ("3d", "bev", "camera")
 

@@ -14,8 +14,8 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..calib import Calib
-from ..geometry import lidar_box_corners
+from pointdistiller.kitti_tools.calib import Calib
+from pointdistiller.kitti_tools.geometry import lidar_box_corners
 
 # Class colours (RGB) of detections; ground truth is white.
 CLASS_COLOURS: Dict[str, Tuple[int, int, int]] = {

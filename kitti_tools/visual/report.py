@@ -17,10 +17,10 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .. import io as kio
-from ..evaluation import params
-from ..evaluation.core import EvalResult, ap_r11, ap_r40, evaluate
-from ..evaluation.overlaps import bev_iou, camera_boxes
+from pointdistiller.kitti_tools import io as kio
+from pointdistiller.kitti_tools.evaluation import params
+from pointdistiller.kitti_tools.evaluation.core import EvalResult, ap_r11, ap_r40, evaluate
+from pointdistiller.kitti_tools.evaluation.overlaps import bev_iou, camera_boxes
 
 STYLE = """body{font-family:sans-serif;margin:24px;background:#fafafa;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #bbb;padding:3px 8px;
@@ -187,8 +187,8 @@ def write_report(out_dir: str, gt_dir: str, det_dir: str, ids: Optional[Sequence
 
     from pointdistiller.kitti_tools.fileio import atomic_write_text, check_writable_dir
 
-    from .frame import VIEWS, load_frame, render_frame
-    from .render import save_png
+    from pointdistiller.kitti_tools.visual.frame import VIEWS, load_frame, render_frame
+    from pointdistiller.kitti_tools.visual.render import save_png
 
     check_writable_dir(out_dir, "--report")
     ids = [str(i) for i in ids] if ids is not None else sorted(

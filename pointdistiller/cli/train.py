@@ -63,7 +63,7 @@ def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) 
     from pointdistiller.engine.teacher import teacher_checkpoint
     from pointdistiller.kitti_tools.fileio import atomic_write_json
 
-    from .evaluate import evaluate_checkpoint
+    from pointdistiller.cli.evaluate import evaluate_checkpoint
 
     kd_config = os.path.join(DEMO_DIR, DEMO_STUDENTS[-1][1])
     weights = teacher_checkpoint(load_config(kd_config), kd_config)
@@ -106,7 +106,7 @@ def demo_report(work_dir: str, rows, quick: bool) -> str:
     from pointdistiller.engine.evaluation import moderate_table
     from pointdistiller.kitti_tools.fileio import atomic_write_text
 
-    from .evaluate import report_for_results
+    from pointdistiller.cli.evaluate import report_for_results
 
     folder = os.path.join(work_dir, "report")
     links = []

@@ -20,9 +20,10 @@ from pointdistiller.kitti_tools.geometry import fov_mask
 from pointdistiller.kitti_tools.io import KITTI_TYPES, read_velodyne
 from pointdistiller.kitti_tools.prepare import INFO_FORMAT
 
-from .augment import AugmentConfig, GTSampler, augment_scene, boxes_in_range, points_in_range
+from pointdistiller.data.augment import (AugmentConfig, GTSampler, augment_scene, boxes_in_range,
+                                         points_in_range)
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
-from .collate import Sample
+from pointdistiller.data.collate import Sample
 
 # PointPillars' KITTI range (architectures.md): (xmin, ymin, zmin, xmax, ymax, zmax), metres.
 POINTPILLARS_RANGE = (0.0, -39.68, -3.0, 69.12, 39.68, 1.0)

@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from pointdistiller.kitti_tools.fileio import OutputError, check_writable_dir
 
-from .bundle import (ANCHORS, BUNDLE_FORMAT, DEPLOY_JSON, INPUT_NAMES, MODEL_ONNX, OUTPUT_NAMES,
-                     sha256_file)
+from pointdistiller.deploy.bundle import (ANCHORS, BUNDLE_FORMAT, DEPLOY_JSON, INPUT_NAMES,
+                                          MODEL_ONNX, OUTPUT_NAMES, sha256_file)
 
 DEFAULT_OPSET = 18
 

@@ -19,8 +19,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .bundle import INPUT_NAMES, read_bundle
-from .kernels import Voxelizer, nms_bev
+from pointdistiller.deploy.bundle import INPUT_NAMES, read_bundle
+from pointdistiller.deploy.kernels import Voxelizer, nms_bev
 
 
 @dataclass

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .local import LocalDistillation
+from pointdistiller.distill.local import LocalDistillation
 
 
 def dense_local_distillation(module: LocalDistillation, teacher: Tensor, student: Tensor,

@@ -5,8 +5,8 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor, nn
 
-from .config import DistillConfig
-from .terms import TERMS
+from pointdistiller.distill.config import DistillConfig
+from pointdistiller.distill.terms import TERMS
 
 
 class Distiller(nn.Module):

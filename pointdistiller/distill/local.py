@@ -441,7 +441,7 @@ class _GraphLoss(torch.autograd.Function):
 def _pass_numba(p_hat, c_hat, gamma, beta, graph: _Graph, scatter, k_dz, ch_dzx,
                 with_c: bool) -> Tensor:
     """The pass of :class:`_GraphLoss` by the CPU kernels of :mod:`._fused_cpu`."""
-    from . import _fused_cpu
+    from pointdistiller.distill import _fused_cpu
 
     if graph.need_grad:
         outs = (scatter.numpy(), k_dz.numpy(), ch_dzx.numpy())

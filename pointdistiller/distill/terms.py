@@ -16,9 +16,9 @@ from torch import Tensor
 
 from pointdistiller.detectors.outputs import FeatureTap
 
-from .baselines import AttentionTransfer, FitNet, ResponseKD
-from .config import FeatureTermConfig, LocalTermConfig, ResponseTermConfig
-from .local import LocalDistillation, bev_to_nodes
+from pointdistiller.distill.baselines import AttentionTransfer, FitNet, ResponseKD
+from pointdistiller.distill.config import FeatureTermConfig, LocalTermConfig, ResponseTermConfig
+from pointdistiller.distill.local import LocalDistillation, bev_to_nodes
 
 Taps = Mapping[str, FeatureTap]
 

@@ -14,9 +14,9 @@ from pointdistiller.detectors.build import num_point_features, voxelization_sett
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.kitti_tools.fileio import atomic_open
 
-from . import dist
-from .errors import RunError
-from .sections import DataConfig, TrainConfig
+from pointdistiller.engine import dist
+from pointdistiller.engine.errors import RunError
+from pointdistiller.engine.sections import DataConfig, TrainConfig
 
 
 class ResumableSampler(Sampler):

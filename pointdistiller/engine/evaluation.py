@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from pointdistiller.data.kitti_dataset import KittiDataset
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 
-from .data import ResumableSampler
+from pointdistiller.engine.data import ResumableSampler
 
 
 def evaluate_detector(model: nn.Module, loader: DataLoader, dataset: KittiDataset, out_dir: str,

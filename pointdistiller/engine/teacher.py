@@ -8,8 +8,8 @@ from torch import nn
 from pointdistiller.config import Config, ConfigError, load_config
 from pointdistiller.detectors.build import build_detector, voxelization_settings
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_weights, sha256_file
-from .errors import RunError
+from pointdistiller.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights, sha256_file
+from pointdistiller.engine.errors import RunError
 
 
 class DetectionObjective(nn.Module):

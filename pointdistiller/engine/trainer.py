@@ -35,15 +35,16 @@ from pointdistiller.kitti_tools.fileio import (append_line, atomic_open, atomic_
                                                atomic_write_json, check_writable_dir,
                                                remove_stale_temporaries)
 
-from . import dist
-from .checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, load_model_weights,
-                         save_training_state, set_rng_state)
-from .data import build_loader, resolve_dataset_root
-from .errors import RunError
-from .evaluation import evaluate_detector
-from .schedule import OneCycle
-from .sections import DataConfig, TrainConfig
-from .teacher import DetectionObjective, check_alignment, load_teacher
+from pointdistiller.engine import dist
+from pointdistiller.engine.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint,
+                                              load_model_weights, save_training_state,
+                                              set_rng_state)
+from pointdistiller.engine.data import build_loader, resolve_dataset_root
+from pointdistiller.engine.errors import RunError
+from pointdistiller.engine.evaluation import evaluate_detector
+from pointdistiller.engine.schedule import OneCycle
+from pointdistiller.engine.sections import DataConfig, TrainConfig
+from pointdistiller.engine.teacher import DetectionObjective, check_alignment, load_teacher
 
 
 @dataclass
