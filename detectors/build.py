@@ -1,6 +1,7 @@
 """Detector name -> class, and building a detector from the ``model`` section of a config."""
 import inspect
-from typing import Any, Dict, Mapping
+from dataclasses import dataclass
+from typing import Any, Dict, Mapping, Tuple
 
 from torch import nn
 
@@ -12,8 +13,18 @@ from pointdistiller.detectors.voxel_encoders import VoxelizationSettings
 # The detectors a config's ``model.type`` may name (exact, case-sensitive).
 DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND}
 
-__all__ = ["DETECTORS", "DetectorOutput", "VoxelizationSettings", "build_detector", "input_kind",
-           "num_point_features", "voxelization_settings"]
+__all__ = ["DETECTORS", "DetectorOutput", "PointSamplingSettings", "VoxelizationSettings",
+           "build_detector", "input_kind", "num_point_features", "point_sampling_settings",
+           "voxelization_settings"]
+
+
+@dataclass(frozen=True)
+class PointSamplingSettings:
+    """What a point-based detector (``input_kind = "points"``) takes from the loader: the points
+    inside ``point_range``, resampled to exactly ``num_points = (train, test)`` per frame."""
+
+    point_range: Tuple[float, ...]
+    num_points: Tuple[int, int]
 
 
 def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
@@ -67,3 +78,11 @@ def voxelization_settings(model_cfg: Mapping[str, Any]) -> VoxelizationSettings:
                                 tuple(float(v) for v in value["point_range"]),
                                 int(value["max_points_per_voxel"]),
                                 tuple(int(v) for v in value["max_voxels"]))
+
+
+def point_sampling_settings(model_cfg: Mapping[str, Any]) -> PointSamplingSettings:
+    """The point sampling of the point-based detector ``model_cfg`` describes, without building it
+    (keys ``point_range`` and ``num_points`` = ``(train, test)``; absent keys take its defaults)."""
+    num = _param(model_cfg, "num_points")
+    return PointSamplingSettings(tuple(float(v) for v in _param(model_cfg, "point_range")),
+                                 tuple(int(v) for v in num))

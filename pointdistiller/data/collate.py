@@ -1,5 +1,8 @@
-"""Turns a list of samples into one :class:`~pointdistiller.detectors.batch.Batch`, voxelizing each
-point cloud in the data-loader worker (so the training process only moves tensors to the GPU)."""
+"""Turns a list of samples into one :class:`~pointdistiller.detectors.batch.Batch` in the data-loader
+worker (so the training process only moves tensors to the GPU): voxelized for voxel detectors
+(:class:`VoxelCollator`), cropped and resampled to a fixed point count for point-based ones
+(:class:`PointCollator`)."""
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -76,7 +79,6 @@ class VoxelCollator:
             raise ValueError(f"samples: point clouds have different channel counts {channels}")
         c = channels.pop()
         points, voxels, coords, num_points, voxel_counts = [], [], [], [], []
-        boxes, labels = [], []
         for b, s in enumerate(samples):
             pts = torch.from_numpy(np.ascontiguousarray(s.points, dtype=np.float32))
             points.append(pts)
@@ -92,8 +94,7 @@ class VoxelCollator:
             coords.append(torch.cat([batch_col, crd.to(torch.int32)], dim=1))
             num_points.append(num.to(torch.int32))
             voxel_counts.append(len(vox))
-            boxes.append(torch.from_numpy(np.asarray(s.gt_boxes, np.float32).reshape(-1, 7)))
-            labels.append(torch.from_numpy(np.asarray(s.gt_labels, np.int64).reshape(-1)))
+        boxes, labels, gt_offsets = _gt_tensors(samples)
         return Batch(
             points=torch.cat(points),
             point_offsets=offsets_from_counts([len(p) for p in points]),
@@ -101,27 +102,123 @@ class VoxelCollator:
             voxel_coords=torch.cat(coords),
             voxel_num_points=torch.cat(num_points),
             voxel_offsets=offsets_from_counts(voxel_counts),
-            gt_boxes=torch.cat(boxes),
-            gt_labels=torch.cat(labels),
-            gt_offsets=offsets_from_counts([len(x) for x in boxes]),
+            gt_boxes=boxes,
+            gt_labels=labels,
+            gt_offsets=gt_offsets,
             frame_ids=[s.frame_id for s in samples],
             meta=[dict(s.meta) for s in samples],
         )
 
 
-# The loader's collator for each kind of detector input (a detector class declares ``input_kind``).
-COLLATORS = {"voxels": VoxelCollator}
+def _gt_tensors(samples: List[Sample]):
+    boxes = [torch.from_numpy(np.asarray(s.gt_boxes, np.float32).reshape(-1, 7)) for s in samples]
+    labels = [torch.from_numpy(np.asarray(s.gt_labels, np.int64).reshape(-1)) for s in samples]
+    return torch.cat(boxes), torch.cat(labels), offsets_from_counts([len(x) for x in boxes])
+
+
+class PointCollator:
+    """``collate_fn`` for point-based detectors (PointRCNN): each cloud is cropped to
+    ``point_range`` and resampled to exactly ``num_points`` points, OpenPCDet's ``sample_points``
+    rule: with too many points, every far point (range >= ``far_range``) is kept and the near ones
+    are drawn without replacement to fill up (all points are drawn from when the far ones alone
+    are too many); with too few, every point is kept and the rest are drawn again (without
+    replacement while possible). The kept points stay in their input order (the dataset already
+    shuffles training clouds; test clouds keep the scan order, so D-FPS from point 0 is
+    deterministic), the redrawn ones follow.
+
+    The draws come from a generator seeded by the frame id and the cloud's bytes: the same sample
+    gives the same points whatever the worker count, and an augmented cloud new ones each epoch.
+
+    Args:
+        point_range: ``(xmin, ymin, zmin, xmax, ymax, zmax)`` metres.
+        num_points: points per frame.
+        far_range: metres from the sensor (3D) from which points are always kept.
+
+    The Batch has ``points [B * num_points, C]`` and no voxels (``voxels [0, 1, C]``). A frame
+    without points in range gets ``num_points`` zero rows and ``meta["no_points"] = True``.
+    """
+
+    def __init__(self, point_range: Sequence[float], num_points: int, far_range: float = 40.0):
+        if len(point_range) != 6 or any(point_range[i] >= point_range[i + 3] for i in range(3)):
+            raise ValueError(f"point_range: expected (xmin, ymin, zmin, xmax, ymax, zmax) with "
+                             f"min < max, got {point_range}")
+        if num_points < 1:
+            raise ValueError(f"num_points must be >= 1, got {num_points}")
+        self.point_range = np.asarray(point_range, np.float32)
+        self.num_points, self.far_range = int(num_points), float(far_range)
+
+    def choose(self, points: np.ndarray, frame_id: str) -> np.ndarray:
+        """Row indices into ``points`` (already cropped): ``num_points`` of them."""
+        n, m = len(points), self.num_points
+        rng = np.random.default_rng([zlib.crc32(frame_id.encode()),
+                                     zlib.crc32(np.ascontiguousarray(points).tobytes()), n])
+        if n >= m:
+            far = np.linalg.norm(points[:, :3], axis=1) >= self.far_range
+            far_idx, near_idx = np.flatnonzero(far), np.flatnonzero(~far)
+            if len(far_idx) < m:
+                keep = np.concatenate([far_idx, rng.choice(near_idx, m - len(far_idx), replace=False)])
+            else:
+                keep = rng.choice(n, m, replace=False)
+            return np.sort(keep)
+        extra = rng.choice(n, m - n, replace=m - n > n)
+        return np.concatenate([np.arange(n), extra])
+
+    def __call__(self, samples: List[Sample]) -> Batch:
+        if not samples:
+            raise ValueError("samples: cannot collate an empty list")
+        channels = {s.points.shape[1] for s in samples}
+        if len(channels) != 1:
+            raise ValueError(f"samples: point clouds have different channel counts {channels}")
+        c = channels.pop()
+        lo, hi = self.point_range[:3], self.point_range[3:]
+        points, metas = [], []
+        for s in samples:
+            pts = np.asarray(s.points, np.float32)
+            pts = pts[((pts[:, :3] >= lo) & (pts[:, :3] < hi)).all(axis=1)]
+            meta = dict(s.meta)
+            if len(pts):
+                pts = pts[self.choose(pts, s.frame_id)]
+            else:
+                pts = np.zeros((self.num_points, c), np.float32)
+                meta["no_points"] = True
+            points.append(torch.from_numpy(np.ascontiguousarray(pts)))
+            metas.append(meta)
+        boxes, labels, gt_offsets = _gt_tensors(samples)
+        no_voxels = offsets_from_counts([0] * len(samples))
+        return Batch(points=torch.cat(points),
+                     point_offsets=offsets_from_counts([len(p) for p in points]),
+                     voxels=torch.zeros((0, 1, c)), voxel_coords=torch.zeros((0, 4), dtype=torch.int32),
+                     voxel_num_points=torch.zeros(0, dtype=torch.int32), voxel_offsets=no_voxels,
+                     gt_boxes=boxes, gt_labels=labels, gt_offsets=gt_offsets,
+                     frame_ids=[s.frame_id for s in samples], meta=metas)
+
+
+def _voxel_collator(model_cfg, training: bool) -> VoxelCollator:
+    from pointdistiller.detectors.build import voxelization_settings
+
+    v = voxelization_settings(model_cfg)
+    return VoxelCollator(v.voxel_size, v.point_range, v.max_points, v.max_voxels[0 if training else 1])
+
+
+def _point_collator(model_cfg, training: bool) -> PointCollator:
+    from pointdistiller.detectors.build import point_sampling_settings
+
+    p = point_sampling_settings(model_cfg)
+    return PointCollator(p.point_range, p.num_points[0 if training else 1])
+
+
+# The loader's collator for each kind of detector input (a detector class declares ``input_kind``),
+# built from the detector's own settings (its config and constructor defaults).
+COLLATORS = {"voxels": _voxel_collator, "points": _point_collator}
 
 
 def build_collator(model_cfg, training: bool):
     """The collator that feeds the detector of ``model_cfg`` (a validated ``model`` section): hard
-    voxels of its voxelization settings with the train or test voxel budget."""
-    from pointdistiller.detectors.build import input_kind, voxelization_settings
+    voxels with the train or test voxel budget, or points resampled to the train or test count."""
+    from pointdistiller.detectors.build import input_kind
 
     kind = input_kind(model_cfg)
     if kind not in COLLATORS:
         raise ValueError(f"model.type {model_cfg['type']!r} takes {kind!r} input; collators exist for "
                          f"{sorted(COLLATORS)}")
-    v = voxelization_settings(model_cfg)
-    return COLLATORS[kind](v.voxel_size, v.point_range, v.max_points,
-                           v.max_voxels[0 if training else 1])
+    return COLLATORS[kind](model_cfg, training)
