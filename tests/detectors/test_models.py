@@ -335,11 +335,20 @@ def test_cuda_matches_cpu(path, monkeypatch):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("path", CONFIGS)
+def test_the_loader_and_the_model_voxelize_alike(path):
+    # the loader reads the settings from the config (voxelization_settings), the model from its
+    # constructor: one source of truth means they agree for every shipped config
+    from pointdistiller.detectors.build import voxelization_settings
+
+    cfg = load_config(os.path.join(REPO, path)).model
+    assert voxelization_settings(cfg) == build_detector(cfg).voxelization
+
+
 def test_voxelization_settings_without_building():
     from pointdistiller.detectors.build import voxelization_settings
 
     cfg = load_config(os.path.join(REPO, "configs/second/student_4x.yaml")).model
     v = voxelization_settings(cfg)
-    assert v == build_detector(cfg).voxelization
     assert v.grid_size == (1408, 1600, 40) and v.max_points == 5 and v.max_voxels_for(False) == 40000
     assert voxelization_settings({"type": "pointpillars"}).voxel_size == (0.16, 0.16, 4.0)
