@@ -249,55 +249,19 @@ class Trainer:
         start_time = time.time()
         self._build()
         t = self.train_cfg
-        writer = None
-        if dist.is_main():
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(os.path.join(self.work_dir, "tb"), purge_step=self.iteration or None)
-        log_path = os.path.join(self.work_dir, "log.jsonl")
-        bar = None
-        if dist.is_main() and self.progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=self.total_iters, initial=self.iteration, desc="pd-train", unit="step",
-                       dynamic_ncols=True, file=sys.stderr)
-        metrics = None
+        writer, bar = self._open_outputs()
         self.objective.train()
-        while self.iteration < self.total_iters:
+        while self.iteration < self.total_iters and self.iteration != stop_at:
             epoch, done_in_epoch = divmod(self.iteration, self.iters_per_epoch)
             self.train_loader.sampler.set_epoch(epoch, done_in_epoch * t.batch_size)
             self.train_loader.dataset.set_epoch(epoch)
             for batch in self.train_loader:
                 losses, stats = self._step(batch)
                 self.iteration += 1
-                if self.iteration % max(1, t.log_interval) == 0 or self.iteration == self.total_iters:
-                    record = {"step": self.iteration, "epoch": epoch,
-                              "seconds": round(time.time() - start_time, 2),
-                              "lr": self.optimizer.param_groups[0]["lr"],
-                              **{k: float(v) for k, v in losses.items()}, **stats}
-                    if dist.is_main():
-                        append_line(log_path, json.dumps(record))
-                        for k, v in record.items():
-                            if k not in ("step", "epoch", "seconds"):
-                                writer.add_scalar(f"train/{k}", v, self.iteration)
-                if bar is not None:
-                    shown = {k: f"{float(v):.3f}" for k, v in losses.items()
-                             if k in ("total", "det", "kd", "cls", "box")}
-                    shown["lr"] = f"{self.optimizer.param_groups[0]['lr']:.2e}"
-                    bar.set_postfix(shown, refresh=False)
-                    bar.update(1)
-                end_of_epoch = self.iteration % self.iters_per_epoch == 0
-                if (t.checkpoint_interval and self.iteration % t.checkpoint_interval == 0) or end_of_epoch \
-                        or self.iteration == self.total_iters:
-                    self._save_latest(epoch)
-                if end_of_epoch and t.eval_interval and (epoch + 1) % t.eval_interval == 0 \
-                        and self.iteration < self.total_iters:
-                    metrics = self.evaluate(writer)
-                    self.objective.train()
+                self._log_step(epoch, losses, stats, start_time, writer, bar)
+                self._checkpoint_and_evaluate(epoch, writer)
                 if self.iteration >= self.total_iters or self.iteration == stop_at:
                     break
-            if self.iteration == stop_at:
-                break
         if bar is not None:
             bar.close()
         if stop_at is not None and self.iteration < self.total_iters:
@@ -311,6 +275,54 @@ class Trainer:
             writer.close()
         dist.barrier()
         return RunResult(self.work_dir, final, metrics, self.iteration, time.time() - start_time)
+
+    def _open_outputs(self):
+        """(TensorBoard writer, progress bar) of the main process; None elsewhere / when off."""
+        writer = bar = None
+        if dist.is_main():
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(os.path.join(self.work_dir, "tb"), purge_step=self.iteration or None)
+            if self.progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=self.total_iters, initial=self.iteration, desc="pd-train",
+                           unit="step", dynamic_ncols=True, file=sys.stderr)
+        return writer, bar
+
+    def _log_step(self, epoch: int, losses, stats, start_time: float, writer, bar) -> None:
+        """Every ``log_interval`` steps (and the last): a line of ``log.jsonl`` and the scalars in
+        TensorBoard; the progress bar every step."""
+        t = self.train_cfg
+        lr = self.optimizer.param_groups[0]["lr"]
+        if self.iteration % max(1, t.log_interval) == 0 or self.iteration == self.total_iters:
+            record = {"step": self.iteration, "epoch": epoch,
+                      "seconds": round(time.time() - start_time, 2), "lr": lr,
+                      **{k: float(v) for k, v in losses.items()}, **stats}
+            if dist.is_main():
+                append_line(os.path.join(self.work_dir, "log.jsonl"), json.dumps(record))
+                for k, v in record.items():
+                    if k not in ("step", "epoch", "seconds"):
+                        writer.add_scalar(f"train/{k}", v, self.iteration)
+        if bar is not None:
+            shown = {k: f"{float(v):.3f}" for k, v in losses.items()
+                     if k in ("total", "det", "kd", "cls", "box")}
+            shown["lr"] = f"{lr:.2e}"
+            bar.set_postfix(shown, refresh=False)
+            bar.update(1)
+
+    def _checkpoint_and_evaluate(self, epoch: int, writer) -> None:
+        """``latest.pt`` every ``checkpoint_interval`` steps, at each epoch's end and at the last
+        step; a val evaluation every ``eval_interval`` epochs before the last."""
+        t = self.train_cfg
+        end_of_epoch = self.iteration % self.iters_per_epoch == 0
+        if (t.checkpoint_interval and self.iteration % t.checkpoint_interval == 0) or end_of_epoch \
+                or self.iteration == self.total_iters:
+            self._save_latest(epoch)
+        if end_of_epoch and t.eval_interval and (epoch + 1) % t.eval_interval == 0 \
+                and self.iteration < self.total_iters:
+            self.evaluate(writer)
+            self.objective.train()
 
     def _step(self, batch) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
         t = self.train_cfg
