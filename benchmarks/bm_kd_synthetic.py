@@ -221,13 +221,38 @@ def git_commit(paths: Sequence[str], message: str) -> None:
             return
 
 
+# Config fields added after rows were recorded, with the default that reproduces what those rows
+# ran: a resolved config holding the default hashes as if the field did not exist, so adding a
+# field does not make every earlier row stale.
+NEUTRAL_DEFAULTS = {("distill", "local", "teacher_graph"): "trained"}
+
+
+def _hash(resolved: Dict) -> str:
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_neutral(resolved: Dict) -> Dict:
+    out = json.loads(json.dumps(resolved))
+    for (section, field_list, name), default in NEUTRAL_DEFAULTS.items():
+        for term in (out.get(section) or {}).get(field_list) or []:
+            if term.get(name) == default:
+                del term[name]
+    return out
+
+
+def fingerprints(resolved: Dict) -> set:
+    """The fingerprints a row of ``resolved`` may carry: without the neutral defaults (what rows
+    record), and with them (rows written while a new field was not yet listed as neutral)."""
+    return {_hash(_without_neutral(resolved)), _hash(resolved)}
+
+
 def resolve(config: str, overrides: Sequence[str]) -> Tuple[str, Dict]:
-    """(hash of the resolved config, the resolved config): a row stays valid while the config it
-    ran does not change."""
+    """(fingerprint of the resolved config, the resolved config): a row stays valid while the
+    config it ran does not change."""
     from pointdistiller.config import config_to_dict, load_config
 
     resolved = config_to_dict(load_config(os.path.join(REPO, config), list(overrides)))
-    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16], resolved
+    return _hash(_without_neutral(resolved)), resolved
 
 
 def shared_schedule(resolved: Dict) -> Dict:
@@ -291,9 +316,10 @@ def run_teacher(name: str, layout: Layout, args) -> None:
     t = TEACHERS[name]
     key = f"teacher/{name}"
     overrides = QUICK_OVERRIDES if args.quick else ()
-    fp, _ = resolve(t.config, overrides)
+    fp, resolved = resolve(t.config, overrides)
+    valid = fingerprints(resolved)
     weights = layout.weights(t)
-    done = [r for r in read_rows(layout.table) if r["key"] == key and r["fingerprint"] == fp]
+    done = [r for r in read_rows(layout.table) if r["key"] == key and r["fingerprint"] in valid]
     if done and os.path.isfile(weights) and sha256_file(weights) == done[-1]["weights_sha256"]:
         print(f"{key}: done ({t.weights}, sha256 {done[-1]['weights_sha256'][:12]}...)")
         return
@@ -349,15 +375,15 @@ def current_rows(rows: List[Dict], quick: bool = False) -> List[Dict]:
     """The rows that still describe their method: a row whose method's config (or the method's
     overrides) changed since it ran is left out of the report."""
     methods = {m.name: m for m in METHODS + ABLATIONS}
-    cache: Dict[Tuple[str, int], str] = {}
+    cache: Dict[Tuple[str, int], set] = {}
     out = []
     for row in rows:
         method = methods.get(row["method"])
         if method is not None:
             k = (method.name, row["seed"])
             if k not in cache:
-                cache[k] = student_run(method, row["seed"], quick)[1]
-            if cache[k] != row["fingerprint"]:
+                cache[k] = fingerprints(student_run(method, row["seed"], quick)[2])
+            if row["fingerprint"] not in cache[k]:
                 continue
         out.append(row)
     return out
@@ -374,14 +400,15 @@ def run_student(method: Method, seed: int, results: str, layout: Layout, args) -
         raise RuntimeError(f"{key}: {method.config} does not share the schedule (data and train "
                            f"sections) of {METHODS[0].config}")
     teacher_sha = sha256_file(weights) if kd and os.path.isfile(weights) else None
+    valid = fingerprints(resolved)
     for row in read_rows(results):
-        if row["key"] == key and row["fingerprint"] == fp and row.get("teacher_sha256") == teacher_sha:
+        if row["key"] == key and row["fingerprint"] in valid and row.get("teacher_sha256") == teacher_sha:
             print(f"{key}: done (3D {row['metrics']['map_3d']:.2f}, BEV {row['metrics']['map_bev']:.2f})")
             return
     # the same resolved config (seed included) and teacher ran under another name, e.g. an ablation
     # that a default change made the table's method: it is the same run, so its row is reused
     for other in read_rows(layout.table) + read_rows(layout.ablation):
-        if other["fingerprint"] == fp and other.get("teacher_sha256") == teacher_sha \
+        if other["fingerprint"] in valid and other.get("teacher_sha256") == teacher_sha \
                 and other["method"] != "teacher":
             row = {**other, "key": key, "family": method.family, "method": method.name,
                    "label": method.label, "same_run_as": other["key"]}

@@ -75,3 +75,16 @@ def test_a_run_with_the_same_resolved_config_is_reused_and_stale_rows_leave_the_
     stale = {**rows[-1], "fingerprint": "0" * 16}
     kept = bm.current_rows(rows + [stale], quick=True)
     assert stale not in kept and rows[-1] in kept
+
+
+def test_a_new_field_at_its_neutral_default_keeps_earlier_rows_current():
+    # rows recorded before distill.local[].teacher_graph existed hashed configs without it
+    fp, resolved = bm.resolve(os.path.join("configs", "demo", "pointpillars_student_4x_kd.yaml"), [])
+    assert resolved["distill"]["local"][0]["teacher_graph"] == "trained"
+    before = json.loads(json.dumps(resolved))
+    del before["distill"]["local"][0]["teacher_graph"]
+    assert fp == bm._hash(before) and bm._hash(resolved) in bm.fingerprints(resolved)
+    frozen_fp, frozen = bm.resolve(os.path.join("configs", "demo", "pointpillars_student_4x_kd.yaml"),
+                                   ["distill.local=[{feature: pfn, tau: 10.0, teacher_graph: frozen}]"])
+    assert frozen["distill"]["local"][0]["teacher_graph"] == "frozen"
+    assert frozen_fp != fp and not bm.fingerprints(frozen) & bm.fingerprints(resolved)
