@@ -175,6 +175,9 @@ class Trainer:
         else:
             objective = DetectionObjective(self.student)
         self.objective = objective
+        # every rank has checked the work dir (in __init__) before rank 0 creates it: otherwise a
+        # slow rank finds rank 0's fresh folder and refuses it as "another run"
+        dist.barrier()
         _create_work_dir(self.work_dir, self.resolved)
         self.params = [p for p in objective.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
