@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 
 
-
 @dataclass
 class Batch:
     """A batch of point clouds, their voxels and (for training) their ground-truth boxes.
@@ -30,6 +29,10 @@ class Batch:
         gt_offsets: ``[B + 1]`` int64.
         frame_ids: the B frame ids (e.g. ``"000008"``).
         meta: per-sample extras (calibration, image shape, augmentation record), length B.
+        cache: values computed from the inputs alone, keyed by what computed them, so that two
+            models that see this batch compute them once (PointNet++ sampling and grouping indices
+            depend on xyz only: a teacher and a student share them). Not carried over by
+            :meth:`to` (a value computed on one device is recomputed on the other).
     """
 
     points: Tensor
@@ -43,6 +46,7 @@ class Batch:
     gt_offsets: Optional[Tensor] = None
     frame_ids: List[str] = field(default_factory=list)
     meta: List[Dict[str, Any]] = field(default_factory=list)
+    cache: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch_size(self) -> int:
@@ -55,7 +59,7 @@ class Batch:
             value = getattr(self, f.name)
             if isinstance(value, Tensor):
                 changes[f.name] = value.to(device, non_blocking=non_blocking)
-        return replace(self, **changes)
+        return replace(self, **changes, cache={})
 
     def sample_gt(self, b: int):
         """``(boxes [n, 7], labels [n])`` of sample ``b``."""

@@ -69,13 +69,15 @@ class PointPillars(nn.Module):
                for i, (c, (_, w)) in enumerate(zip(self.backbone.out_channels, sizes))]
             + [FeatureTap("neck", self.neck.out_channels, "bev", nx // feature_map_size[1])])
 
-    def forward(self, batch: Batch) -> DetectorOutput:
+    def forward(self, batch: Batch, head: bool = True) -> DetectorOutput:
+        """The head's raw maps and the feature taps (``head=False``: the taps only, as a frozen
+        teacher needs them)."""
         pfn = self.voxel_encoder(batch.voxels, batch.voxel_num_points, batch.voxel_coords)  # [V, P]
         bev = self.scatter(pfn, batch.voxel_coords, batch.batch_size)           # [B, P, ny, nx]
         stages: List[Tensor] = self.backbone(bev)                               # 3 x [B, Ci, Hi, Wi]
         neck = self.neck(stages)                                                # [B, 3U, H0, W0]
         features = {"pfn": pfn, **{f"backbone.{i}": x for i, x in enumerate(stages)}, "neck": neck}
-        return DetectorOutput(head=self.head(neck), features=features)
+        return DetectorOutput(head=self.head(neck) if head else None, features=features)
 
     def loss(self, batch: Batch, out: DetectorOutput) -> Dict[str, Tensor]:
         """Detection losses (``"cls"``, ``"box"``, ``"dir"``, ``"total"``) against ``batch``'s boxes."""

@@ -78,14 +78,16 @@ class SECOND(nn.Module):
                for i, (c, (_, w)) in enumerate(zip(self.backbone.out_channels, sizes))]
             + [FeatureTap("neck", self.neck.out_channels, "bev", nx // feature_map_size[1])])
 
-    def forward(self, batch: Batch) -> DetectorOutput:
+    def forward(self, batch: Batch, head: bool = True) -> DetectorOutput:
+        """The head's raw maps and the feature taps (``head=False``: the taps only, as a frozen
+        teacher needs them)."""
         voxel_features = self.voxel_encoder(batch.voxels, batch.voxel_num_points)   # [V, 4]
         bev = self.encoder(voxel_features, batch.voxel_coords, batch.batch_size)    # [B, 2O, H, W]
         stages: List[Tensor] = self.backbone(bev)                                   # 2 x [B, Ci, ..]
         neck = self.neck(stages)                                                    # [B, 2U, H, W]
         features = {"encoder": bev, **{f"backbone.{i}": x for i, x in enumerate(stages)},
                     "neck": neck}
-        return DetectorOutput(head=self.head(neck), features=features)
+        return DetectorOutput(head=self.head(neck) if head else None, features=features)
 
     def loss(self, batch: Batch, out: DetectorOutput) -> Dict[str, Tensor]:
         """Detection losses (``"cls"``, ``"box"``, ``"dir"``, ``"total"``) against ``batch``'s boxes."""

@@ -40,6 +40,16 @@ class HeadOutput:
     box: Tensor
     dir: Tensor
 
+    def dense_response(self) -> Tuple[Tensor, Tensor]:
+        """(class logits ``[n, K]``, box residuals ``[n, 7]``), one row per anchor of every map
+        cell (``n = B * A * ny * nx``), for response KD."""
+        b, a7, h, w = self.box.shape
+        a = a7 // 7
+        k = self.cls.shape[1] // a
+        cls = self.cls.reshape(b, a, k, h, w).permute(0, 1, 3, 4, 2).reshape(-1, k)
+        box = self.box.reshape(b, a, 7, h, w).permute(0, 1, 3, 4, 2).reshape(-1, 7)
+        return cls, box
+
 
 @dataclass
 class AnchorHeadConfig:

@@ -2,7 +2,8 @@
 
     pd-profile CONFIG [--set k=v ...] [--frame BIN] [--json] [--repeats N] [--threads N]
 
-GFLOPs = 2 x multiply-accumulates / 1e9 of one forward pass (eval mode, test-time voxel cap) on the
+GFLOPs = 2 x multiply-accumulates / 1e9 of one forward pass (eval mode, test-time voxel cap or
+point count) on the
 frame (default: ``../shared/kitti_sample/training/velodyne/000000.bin`` next to the repository):
 
 - dense layers (Conv1d/2d/3d, ConvTranspose2d, Linear) counted exactly by forward hooks:
@@ -124,13 +125,13 @@ def count_flops(model: nn.Module, *inputs) -> FlopCount:
     return count
 
 
-def frame_batch(points: np.ndarray, voxelization, training: bool = False):
-    """One-sample ``Batch`` of ``points [N, C]`` voxelized (``pointdistiller.ops.voxelization``) with a
-    detector's ``VoxelizationSettings`` (test-time voxel cap unless ``training``)."""
-    from pointdistiller.data.collate import Sample, VoxelCollator
+def frame_batch(points: np.ndarray, model_cfg, training: bool = False):
+    """One-sample ``Batch`` of ``points [N, C]`` as the loader feeds the detector of ``model_cfg``:
+    voxelized, or cropped and resampled to its point count (test-time settings unless
+    ``training``)."""
+    from pointdistiller.data.collate import Sample, build_collator
 
-    v = voxelization
-    collate = VoxelCollator(v.voxel_size, v.point_range, v.max_points, v.max_voxels_for(training))
+    collate = build_collator(model_cfg, training)
     return collate([Sample(points, np.zeros((0, 7), np.float32), np.zeros(0, np.int64), "profile")])
 
 
@@ -191,7 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"pd-profile: {exc}", file=sys.stderr)
         return 2
     model = build_detector(cfg.model).eval()
-    batch = frame_batch(points, model.voxelization)
+    batch = frame_batch(points, cfg.model)
     params = sum(p.numel() for p in model.parameters())
     flops = count_flops(model, batch)
     times = latency_ms(model, batch, args.repeats)
@@ -201,7 +202,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(json.dumps(result))
         return 0
     print(f"config      {args.config}" + "".join(f" --set {s}" for s in args.set))
-    print(f"frame       {frame}: {len(points)} points, {batch.voxels.shape[0]} voxels")
+    inputs = (f"{batch.voxels.shape[0]} voxels" if batch.voxels.shape[0] else
+              f"{batch.points.shape[0]} points sampled")
+    print(f"frame       {frame}: {len(points)} points, {inputs}")
     print(f"params      {params:,} ({params / 1e6:.3f} M)")
     print(f"GFLOPs      {result['gflops']:.3f} (2 x MACs: dense {flops.dense_macs / 1e9:.3f} G MACs, "
           f"sparse {flops.sparse_macs / 1e9:.3f} G MACs)")

@@ -63,13 +63,13 @@ class AttentionTransfer(nn.Module):
 
 
 class ResponseKD(nn.Module):
-    """Response distillation on anchor-head outputs.
+    """Response distillation on a detector's dense outputs (one row per anchor or point).
 
     Class term: binary KL divergence from the teacher's sigmoid probabilities to the student's at
     temperature T (times T^2), i.e. the binary cross-entropy against the teacher's soft targets
     minus their entropy, so identical heads give 0 (the gradient is the cross-entropy's). Box term:
-    smooth L1 between the student's and the teacher's box residuals, weighted per anchor by the
-    teacher's highest class probability, so background anchors count little.
+    smooth L1 between the student's and the teacher's box values, weighted per row by the
+    teacher's highest class probability, so background rows count little.
 
     Args:
         cls_weight, box_weight: multipliers of the two terms.
@@ -85,23 +85,23 @@ class ResponseKD(nn.Module):
         self.cls_weight, self.box_weight = cls_weight, box_weight
         self.temperature, self.beta = temperature, beta
 
-    def forward(self, teacher_head, student_head, num_classes: int) -> Tuple[Tensor, Dict[str, float]]:
-        """Heads are ``HeadOutput``s with ``cls [B, A*K, H, W]`` and ``box [B, A*7, H, W]``."""
+    def forward(self, t_cls: Tensor, t_box: Tensor, s_cls: Tensor,
+                s_box: Tensor) -> Tuple[Tensor, Dict[str, float]]:
+        """Teacher and student class logits ``[n, K]`` and box values ``[n, D]`` of the same rows
+        (the heads' ``dense_response()``)."""
         t = self.temperature
-        t_cls, s_cls = teacher_head.cls.detach(), student_head.cls
+        t_cls, t_box = t_cls.detach(), t_box.detach()
         if t_cls.shape != s_cls.shape:
             raise ValueError(f"response KD: teacher class map {tuple(t_cls.shape)} and student "
-                             f"{tuple(s_cls.shape)} differ (same anchors and grid needed)")
+                             f"{tuple(s_cls.shape)} differ (same anchors / points needed)")
+        if t_box.shape != s_box.shape or t_box.shape[0] != t_cls.shape[0]:
+            raise ValueError(f"response KD: teacher box map {tuple(t_box.shape)} and student "
+                             f"{tuple(s_box.shape)} differ or do not match the {t_cls.shape[0]} "
+                             "class rows")
         soft = torch.sigmoid(t_cls / t)
         entropy = F.binary_cross_entropy_with_logits(t_cls / t, soft)
         cls_loss = (F.binary_cross_entropy_with_logits(s_cls / t, soft) - entropy) * t * t
-        if teacher_head.box.shape != student_head.box.shape:
-            raise ValueError(f"response KD: teacher box map {tuple(teacher_head.box.shape)} and "
-                             f"student {tuple(student_head.box.shape)} differ")
-        b, _, h, w = t_cls.shape
-        conf = torch.sigmoid(t_cls).reshape(b, -1, num_classes, h, w).max(dim=2).values  # [B, A, H, W]
-        t_box = teacher_head.box.detach().reshape(b, conf.shape[1], 7, h, w)
-        s_box = student_head.box.reshape(b, conf.shape[1], 7, h, w)
-        per = F.smooth_l1_loss(s_box, t_box, beta=self.beta, reduction="none").sum(dim=2)
+        conf = torch.sigmoid(t_cls).max(dim=1).values                            # [n]
+        per = F.smooth_l1_loss(s_box, t_box, beta=self.beta, reduction="none").sum(dim=1)
         box_loss = (per * conf).sum() / conf.sum().clamp_min(1.0)
         return self.cls_weight * cls_loss + self.box_weight * box_loss, {}

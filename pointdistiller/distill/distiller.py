@@ -64,8 +64,9 @@ class Distiller(nn.Module):
 
     def forward(self, batch) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
         """Returns (losses with ``"total"`` = detection + distillation, stats for logging)."""
+        teacher_head = any(t.needs_teacher_head for terms in self.terms.values() for t in terms)
         with torch.no_grad():
-            t_out = self.teacher_model(batch)
+            t_out = self.teacher_model(batch, head=teacher_head)
         s_out = self.student(batch)
         losses = dict(self.student.loss(batch, s_out))
         stats: Dict[str, float] = {}

@@ -79,6 +79,9 @@ class LocalTerm(LocalDistillation):
     """PointDistiller's local distillation on one tap (:class:`LocalDistillation`); the importance
     is the points per voxel (``num_points``, voxel taps) or the teacher's channel max."""
 
+    # whether the term reads the teacher's head outputs (else the teacher runs up to its taps only)
+    needs_teacher_head = False
+
     def __init__(self, cfg: LocalTermConfig, where: str, teacher: Taps, student: Taps,
                  num_classes: int):
         c_t, c_s, kind = _tap(cfg.feature, f"{where}.feature", teacher, student)
@@ -105,6 +108,8 @@ class _OneTapTerm:
     """A feature baseline on one tap: the teacher's and the student's nodes of ``cfg.feature``
     (placed before the baseline module in the bases, so that ``super()`` is that module)."""
 
+    needs_teacher_head = False
+
     def __init__(self, cfg: FeatureTermConfig, where: str, teacher: Taps, student: Taps,
                  num_classes: int):
         c_t, c_s, kind = _tap(cfg.feature, f"{where}.feature", teacher, student)
@@ -126,7 +131,11 @@ class AttentionTerm(_OneTapTerm, AttentionTransfer):
 
 
 class ResponseTerm(ResponseKD):
-    """Response KD on the head outputs (:class:`~.baselines.ResponseKD`)."""
+    """Response KD on the head outputs (:class:`~.baselines.ResponseKD`): the dense stage that the
+    head output exposes as ``dense_response()`` (the anchor head's maps, PointRCNN's per-point
+    stage 1)."""
+
+    needs_teacher_head = True
 
     def __init__(self, cfg: ResponseTermConfig, where: str, teacher: Taps, student: Taps,
                  num_classes: int):
@@ -134,7 +143,9 @@ class ResponseTerm(ResponseKD):
         self.num_classes = num_classes
 
     def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
-        return super().forward(teacher_out.head, student_out.head, self.num_classes)
+        t_cls, t_box = teacher_out.head.dense_response()
+        s_cls, s_box = student_out.head.dense_response()
+        return super().forward(t_cls, t_box, s_cls, s_box)
 
 
 # The ``distill`` config field of each term -> its class (list fields hold several terms).

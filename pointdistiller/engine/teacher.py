@@ -1,12 +1,13 @@
 """The models of a run besides the student: the plain detection objective, and the teacher of a
-distillation run (its checkpoint found and verified, its voxelization checked against the student's)."""
+distillation run (its checkpoint found and verified, its inputs checked against the student's)."""
 import os
 from typing import Dict, Optional, Tuple
 
 from torch import nn
 
 from pointdistiller.config import Config, ConfigError, load_config
-from pointdistiller.detectors.build import build_detector, voxelization_settings
+from pointdistiller.detectors.build import (build_detector, input_kind, point_sampling_settings,
+                                            voxelization_settings)
 
 from pointdistiller.engine.checkpoint import CheckpointError, load_checkpoint, load_model_weights, sha256_file
 from pointdistiller.engine.errors import RunError
@@ -63,11 +64,21 @@ def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], devic
 
 
 def check_alignment(student_cfg: Dict, teacher_cfg: Dict) -> None:
-    """Teacher and student must voxelize identically, or node indices would not align."""
-    s, t = voxelization_settings(student_cfg), voxelization_settings(teacher_cfg)
+    """Teacher and student must see the same nodes, or their features would not align: the same
+    input kind, and the same voxelization (voxel detectors) or point cropping and resampling
+    (point-based detectors)."""
+    s_kind, t_kind = input_kind(student_cfg), input_kind(teacher_cfg)
+    if s_kind != t_kind:
+        raise RunError(f"the teacher takes {t_kind} and the student {s_kind}: their features cannot "
+                       "be matched")
+    if s_kind == "points":
+        s, t = point_sampling_settings(student_cfg), point_sampling_settings(teacher_cfg)
+        what, keys = "sample points", ("point_range", "num_points")
+    else:
+        s, t = voxelization_settings(student_cfg), voxelization_settings(teacher_cfg)
+        what, keys = "voxelize", ("voxel_size", "point_range", "max_points", "max_voxels")
     if s != t:
         diff = [f"{k}: teacher {getattr(t, k)} vs student {getattr(s, k)}"
-                for k in ("voxel_size", "point_range", "max_points", "max_voxels")
-                if getattr(t, k) != getattr(s, k)]
-        raise RunError("teacher and student voxelize differently, so their features cannot be "
+                for k in keys if getattr(t, k) != getattr(s, k)]
+        raise RunError(f"teacher and student {what} differently, so their features cannot be "
                        "matched: " + "; ".join(diff))

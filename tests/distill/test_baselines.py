@@ -76,12 +76,12 @@ def _head(seed, shape=(2, 6, 4, 5)):
 def test_response_kd_zero_for_identical_heads(temperature):
     kd = ResponseKD(cls_weight=1.0, box_weight=2.0, temperature=temperature)
     head = _head(0)
-    loss, _ = kd(head, _head(0), num_classes=3)
+    loss, _ = kd(*head.dense_response(), *_head(0).dense_response())
     assert loss.item() == pytest.approx(0.0, abs=1e-6)
     student = _head(1)
     student.cls.requires_grad_()
     student.box.requires_grad_()
-    loss, _ = kd(head, student, num_classes=3)
+    loss, _ = kd(*head.dense_response(), *student.dense_response())
     assert loss.item() > 0
     loss.backward()
     assert student.cls.grad.abs().sum() > 0 and student.box.grad.abs().sum() > 0
@@ -90,10 +90,10 @@ def test_response_kd_zero_for_identical_heads(temperature):
 def test_response_kd_shape_mismatch():
     kd = ResponseKD()
     with pytest.raises(ValueError, match="class map"):
-        kd(_head(0), _head(1, shape=(2, 6, 4, 6)), num_classes=3)
-    other = _head(1)
-    other.box = other.box[:, :35]
+        kd(*_head(0).dense_response(), *_head(1, shape=(2, 6, 4, 6)).dense_response())
+    t_cls, t_box = _head(0).dense_response()
+    s_cls, s_box = _head(1).dense_response()
     with pytest.raises(ValueError, match="box map"):
-        kd(_head(0), other, num_classes=3)
+        kd(t_cls, t_box, s_cls, s_box[:, :6])
     with pytest.raises(ValueError, match="temperature"):
         ResponseKD(temperature=0.0)

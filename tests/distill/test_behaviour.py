@@ -67,7 +67,7 @@ class _Fixed(nn.Module):
         super().__init__()
         self.bev = nn.Parameter(bev)
 
-    def forward(self, batch):
+    def forward(self, batch, head=True):
         return DetectorOutput(head=None, features={"bev": self.bev})
 
     def loss(self, batch, out):

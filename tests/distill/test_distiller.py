@@ -103,8 +103,8 @@ def test_pointpillars_unknown_tap_and_mismatched_nodes(pillars):
             super().__init__()
             self.model = model
 
-        def forward(self, b):
-            out = self.model(b)
+        def forward(self, b, head=True):
+            out = self.model(b, head=head)
             out.features["pfn"] = out.features["pfn"][:-1]
             return out
 
@@ -136,3 +136,34 @@ def test_second_bev_terms_channel_max():
     bad = DistillConfig(local=[LocalTermConfig(feature="backbone.0", importance="num_points")])
     with pytest.raises(ValueError, match="needs a voxel tap"):
         Distiller(student, teacher, bad, taps, taps)
+
+
+def test_teacher_runs_its_head_only_for_response_kd(pillars):
+    """Feature terms read the teacher's taps only, so the teacher skips its head (PointRCNN's head
+    is both of its stages); response KD reads the head, so it runs."""
+    from pointdistiller.distill.config import ResponseTermConfig
+
+    teacher, student, batch, _, _ = pillars
+    calls = []
+
+    class Spy(nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            self.feature_info = model.feature_info
+
+        def forward(self, b, head=True):
+            out = self.model(b, head=head)
+            calls.append(out.head is not None)
+            return out
+
+    spy = Spy(teacher)
+    features_only = Distiller(student, spy, DistillConfig(
+        local=[LocalTermConfig(feature="pfn", num_nodes=100, k=8)],
+        fitnet=[FeatureTermConfig(feature="neck")]), _taps(teacher), _taps(student))
+    losses, _ = features_only(batch)
+    with_response = Distiller(student, spy, DistillConfig(response=ResponseTermConfig()),
+                              _taps(teacher), _taps(student))
+    losses_r, _ = with_response(batch)
+    assert calls == [False, True]
+    assert losses["kd_local0"].item() > 0 and losses_r["kd_response"].item() > 0

@@ -21,7 +21,7 @@ class PointModel(nn.Module):
         self.lin = nn.Linear(4, width)
         self.feature_info = [FeatureTap("fp", width, kind)]
 
-    def forward(self, batch):
+    def forward(self, batch, head=True):
         return DetectorOutput(head=None, features={"fp": F.relu(self.lin(batch.points))})
 
     def loss(self, batch, out):
