@@ -53,7 +53,7 @@ def correct_direction(yaw: Tensor, dir_bins: Tensor, dir_offset: float) -> Tenso
     return limit_period(yaw - dir_offset, 0.0, math.pi) + dir_offset + math.pi * dir_bins.to(yaw.dtype)
 
 
-def _top_k_lowest_index(values: Tensor, k: int) -> Tensor:
+def top_k_lowest_index(values: Tensor, k: int) -> Tensor:
     """Ascending indices of the ``k`` largest of ``values [N]`` (``N > k``), ties at the ``k``-th
     value broken towards lower indices, independent of ``torch.topk``'s tie order."""
     kth = torch.topk(values, k).values[-1]
@@ -104,7 +104,7 @@ def decode_detections(cls_logits: Tensor, box_deltas: Tensor, dir_logits: Tensor
     # dropping the rest first leaves the top-nms_pre selection unchanged
     keep = torch.nonzero(best > score_threshold).squeeze(1)
     if nms_pre > 0 and keep.numel() > nms_pre:
-        keep = keep[_top_k_lowest_index(best[keep], nms_pre)]
+        keep = keep[top_k_lowest_index(best[keep], nms_pre)]
     scores, box_deltas, dir_logits, anchors = (
         scores[keep], box_deltas[keep], dir_logits[keep], anchors[keep])
     boxes = coder.decode(anchors.float(), box_deltas.float())

@@ -310,9 +310,9 @@ def test_cuda_matches_cpu():
 
 
 def test_top_k_ties_go_to_lower_indices():
-    from pointdistiller.detectors.post_processing import _top_k_lowest_index
+    from pointdistiller.detectors.post_processing import top_k_lowest_index
 
     values = torch.tensor([0.5, 0.9, 0.5, 0.7, 0.5, 0.5])
-    assert _top_k_lowest_index(values, 3).tolist() == [0, 1, 3]
-    assert _top_k_lowest_index(values, 4).tolist() == [0, 1, 2, 3]
-    assert _top_k_lowest_index(values, 1).tolist() == [1]
+    assert top_k_lowest_index(values, 3).tolist() == [0, 1, 3]
+    assert top_k_lowest_index(values, 4).tolist() == [0, 1, 2, 3]
+    assert top_k_lowest_index(values, 1).tolist() == [1]
