@@ -6,12 +6,14 @@ from typing import Any, Dict, Mapping, Tuple
 from torch import nn
 
 from pointdistiller.detectors.outputs import DetectorOutput
+from pointdistiller.detectors.point_rcnn import PointRCNN
 from pointdistiller.detectors.pointpillars import PointPillars
 from pointdistiller.detectors.second import SECOND
 from pointdistiller.detectors.voxel_encoders import VoxelizationSettings
 
 # The detectors a config's ``model.type`` may name (exact, case-sensitive).
-DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND}
+DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND,
+                              "point_rcnn": PointRCNN}
 
 __all__ = ["DETECTORS", "DetectorOutput", "PointSamplingSettings", "VoxelizationSettings",
            "build_detector", "input_kind", "num_point_features", "point_sampling_settings",
@@ -32,7 +34,7 @@ def build_detector(model_cfg: Mapping[str, Any]) -> nn.Module:
 
     Args:
         model_cfg: the ``model`` section of a config: ``type`` (a key of ``DETECTORS``) plus the
-            detector's constructor arguments (``head`` holds ``AnchorHead``'s keyword arguments).
+            detector's constructor arguments (its head blocks are typed config dataclasses).
             ``pointdistiller.config.load_config`` has validated names and types already.
     """
     if not isinstance(model_cfg, Mapping) or "type" not in model_cfg:

@@ -46,7 +46,7 @@ def pair(tmp_path):
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*", "*.yaml"))))
 def test_shipped_configs_load(path):
     cfg = load_config(path)
-    assert isinstance(cfg, Config) and cfg.model["type"] in ("pointpillars", "second")
+    assert isinstance(cfg, Config) and cfg.model["type"] in ("pointpillars", "second", "point_rcnn")
 
 
 def test_base_merge_is_deep(pair):
