@@ -16,7 +16,8 @@ DETECTORS: Dict[str, type] = {"pointpillars": PointPillars, "second": SECOND,
                               "point_rcnn": PointRCNN}
 
 __all__ = ["DETECTORS", "DetectorOutput", "PointSamplingSettings", "VoxelizationSettings",
-           "build_detector", "input_kind", "num_point_features", "point_sampling_settings",
+           "build_detector", "input_kind", "num_point_features", "point_range",
+           "point_sampling_settings",
            "voxelization_settings"]
 
 
@@ -63,6 +64,12 @@ def input_kind(model_cfg: Mapping[str, Any]) -> str:
     """What the detector of ``model_cfg`` takes from the loader (its class's ``input_kind``,
     e.g. ``"voxels"``), from the config alone."""
     return _detector_class(model_cfg).input_kind
+
+
+def point_range(model_cfg: Mapping[str, Any]) -> Tuple[float, ...]:
+    """``(x_min, y_min, z_min, x_max, y_max, z_max)`` metres of the detector of ``model_cfg``: the
+    field its loader crops to (every detector has one)."""
+    return tuple(float(v) for v in _param(model_cfg, "point_range"))
 
 
 def num_point_features(model_cfg: Mapping[str, Any]) -> int:

@@ -41,7 +41,8 @@ class PointRPNHeadConfig:
         focal_gamma, focal_alpha: sigmoid focal loss parameters.
         smooth_l1_beta: smooth-L1 transition point of the box loss.
         nms_pre: highest-scoring points per sample decoded into proposals.
-        nms_post: proposals kept per sample after NMS.
+        nms_post_train, nms_post_test: proposals kept per sample after NMS while training /
+            testing (mmdetection3d 512 / 512; OpenPCDet 512 / 100).
         nms_iou_train, nms_iou_test: rotated BEV NMS IoU threshold while training / testing.
     """
 
@@ -53,7 +54,8 @@ class PointRPNHeadConfig:
     focal_alpha: float = 0.25
     smooth_l1_beta: float = 1.0 / 9.0
     nms_pre: int = 9000
-    nms_post: int = 512
+    nms_post_train: int = 512
+    nms_post_test: int = 512
     nms_iou_train: float = 0.8
     nms_iou_test: float = 0.85
 
@@ -151,9 +153,11 @@ def _check_config(in_channels: int, cfg: PointRPNHeadConfig) -> None:
             or not 0 <= cfg.focal_alpha <= 1:
         raise ValueError("PointRPNHead: need ignore_margin >= 0, smooth_l1_beta >= 0, "
                          "focal_gamma >= 0 and 0 <= focal_alpha <= 1")
-    if cfg.nms_pre < 1 or cfg.nms_post < 1 or cfg.nms_iou_train < 0 or cfg.nms_iou_test < 0:
-        raise ValueError(f"PointRPNHead: need nms_pre, nms_post >= 1 and NMS IoUs >= 0, got "
-                         f"{cfg.nms_pre}, {cfg.nms_post}, {cfg.nms_iou_train}, {cfg.nms_iou_test}")
+    if min(cfg.nms_pre, cfg.nms_post_train, cfg.nms_post_test) < 1 or cfg.nms_iou_train < 0 \
+            or cfg.nms_iou_test < 0:
+        raise ValueError(f"PointRPNHead: need nms_pre, nms_post_train, nms_post_test >= 1 and NMS "
+                         f"IoUs >= 0, got {cfg.nms_pre}, {cfg.nms_post_train}, {cfg.nms_post_test}, "
+                         f"{cfg.nms_iou_train}, {cfg.nms_iou_test}")
 
 
 def boxes_contain_points(boxes: Tensor, points: Tensor, hint_rows: Tensor) -> Tensor:
@@ -303,7 +307,7 @@ class PointRPNHead(nn.Module):
         the ``nms_pre`` highest scores (ties to lower rows) are decoded with their label's mean
         size; non-finite boxes and boxes holding none of the sample's ``xyz`` are dropped
         (:func:`boxes_contain_points`); rotated BEV NMS at ``nms_iou_train`` / ``nms_iou_test``
-        keeps at most ``nms_post``, in descending score (ties to lower rows). Deterministic.
+        keeps at most ``nms_post_train`` / ``nms_post_test``, in descending score (ties to lower rows). Deterministic.
 
         Args: as :meth:`loss`, plus ``training`` (picks the NMS threshold).
         """
@@ -311,6 +315,7 @@ class PointRPNHead(nn.Module):
 
         self._check("proposals", cls, box, xyz, offsets)
         iou = self.cfg.nms_iou_train if training else self.cfg.nms_iou_test
+        post = self.cfg.nms_post_train if training else self.cfg.nms_post_test
         points = xyz.detach().float().contiguous()
         score, label = torch.sigmoid(cls.detach().float()).max(dim=1)
         boxes, scores, labels, counts = [], [], [], []
@@ -326,7 +331,7 @@ class PointRPNHead(nn.Module):
             filled = boxes_contain_points(decoded, points[s:e], rows)
             rows, decoded = rows[filled], decoded[filled]
             keep = nms_bev(decoded, score[s:e][rows].contiguous(), iou,
-                           post_max_size=self.cfg.nms_post)
+                           post_max_size=post)
             boxes.append(decoded[keep])
             scores.append(score[s:e][rows[keep]])
             labels.append(label[s:e][rows[keep]])

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from pointdistiller.data.collate import build_collator
 from pointdistiller.data.kitti_dataset import KittiDataset, _worker_init
-from pointdistiller.detectors.build import num_point_features, voxelization_settings
+from pointdistiller.detectors.build import num_point_features, point_range
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.kitti_tools.fileio import atomic_open
 
@@ -99,12 +99,12 @@ def resolve_dataset_root(data: DataConfig, log=print) -> str:
 def build_loader(root: str, data: DataConfig, model_cfg: Dict, train: TrainConfig, split: str,
                  training: bool) -> Tuple[DataLoader, KittiDataset]:
     """A DataLoader of ``split`` with the collator of the model's declared input (voxels of its
-    voxelization settings, train or test voxel budget)."""
+    voxelization settings with the train or test voxel budget, or its resampled points)."""
     info = os.path.join(root, f"kitti_infos_{split}.json")
     if not os.path.isfile(info):
         raise RunError(f"{info} not found (split {split!r}); run `kitti-tools prepare --root {root}`")
     dataset = KittiDataset(info, root, class_names=CLASS_NAMES,
-                           point_range=voxelization_settings(model_cfg).point_range,
+                           point_range=point_range(model_cfg),
                            training=training, augment=data.augment if training else None,
                            fov_reduce=data.fov_reduce, seed=train.seed,
                            num_features=num_point_features(model_cfg))

@@ -80,7 +80,8 @@ def _small_cfg(path="configs/point_rcnn/teacher.yaml", extra=()):
     per level and fewer proposals / RoIs, so a forward + backward takes well under a second."""
     return load_config(os.path.join(REPO, path), [
         "model.point_range=[0.0, -10.0, -3.0, 20.0, 10.0, 1.0]", "model.num_points=[1024, 1024]",
-        "model.sa_num_points=[256, 64, 32, 16]", "model.rpn.nms_pre=512", "model.rpn.nms_post=32",
+        "model.sa_num_points=[256, 64, 32, 16]", "model.rpn.nms_pre=512", "model.rpn.nms_post_train=32",
+        "model.rpn.nms_post_test=32",
         "model.roi.rois_per_sample=16", "model.roi.num_sampled_points=64", *extra]).model
 
 

@@ -357,11 +357,13 @@ def line_of_boxes(n):
 def test_proposals_nms_post_and_nms_pre_caps():
     points, boxes = line_of_boxes(10)
     probs = [0.3, 0.9, 0.5, 0.8, 0.1, 0.7, 0.6, 0.2, 0.4, 0.65]
-    head = PointRPNHead(8, PointRPNHeadConfig(nms_post=4))
+    head = PointRPNHead(8, PointRPNHeadConfig(nms_post_train=4, nms_post_test=2))
     cls, box, xyz = outputs_for(head, points, boxes, [PED] * 10, [logit(p) for p in probs])
-    out = head.proposals(cls, box, xyz, torch.tensor([0, 10]), training=False)
+    out = head.proposals(cls, box, xyz, torch.tensor([0, 10]), training=True)
     assert out.offsets.tolist() == [0, 4]
     assert (out.boxes[:, 0] / 10).round().long().tolist() == [1, 3, 5, 9]
+    out = head.proposals(cls, box, xyz, torch.tensor([0, 10]), training=False)
+    assert (out.boxes[:, 0] / 10).round().long().tolist() == [1, 3]
     # nms_pre keeps the 3 best scores, ties at the cut to lower rows
     head = PointRPNHead(8, PointRPNHeadConfig(nms_pre=3))
     tied = [0.5, 0.7, 0.7, 0.7, 0.7, 0.2]
@@ -396,7 +398,8 @@ def test_proposals_batch_offsets_and_determinism():
 def test_proposals_from_the_head_on_random_features():
     torch.manual_seed(0)
     xyz, offsets, _ = scene()
-    head = PointRPNHead(8, PointRPNHeadConfig(cls_channels=(16,), reg_channels=(16,), nms_post=20))
+    head = PointRPNHead(8, PointRPNHeadConfig(cls_channels=(16,), reg_channels=(16,), nms_post_train=20,
+                                                 nms_post_test=20))
     head.eval()
     cls, box = head(torch.randn(len(xyz), 8))
     out = head.proposals(cls, box, xyz, offsets, training=False)
