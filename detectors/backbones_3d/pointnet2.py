@@ -41,6 +41,12 @@ class _SharedMLP(nn.Module):
     def first_weight(self) -> Tensor:
         return self.linears[0].weight
 
+    def first_layer_macs(self, first: Tensor) -> int:
+        """Multiply-accumulates of the first layer as a dense 1x1 conv over the ``first.shape[0]``
+        rows it produced (how mmcv's counter sees it; the callers' projection before gathering
+        does fewer). ``pd-profile`` counts the other layers by their ``nn.Linear`` calls."""
+        return int(first.shape[0]) * self.linears[0].in_features * self.linears[0].out_features
+
     def forward(self, first: Tensor) -> Tensor:
         """``first``: ``[R, widths[0]]``, the first layer's linear output; returns ``[R, out]``."""
         h = F.relu(self.norms[0](first))

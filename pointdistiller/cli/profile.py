@@ -12,6 +12,9 @@ frame (default: ``../shared/kitti_sample/training/velodyne/000000.bin`` next to 
 - sparse convs (spconv) by their rulebook: the number of (input, output) pairs that the conv
   actually multiplies (from the indice pairs; if unavailable, active output sites x kernel volume)
   x Cin x Cout;
+- PointNet++ shared MLPs (PointRCNN): the first layer as a dense layer over the grouped rows (its
+  ``first_layer_macs``, the way mmcv counts a 1x1 conv over the groups; the implementation projects
+  the features before grouping and does fewer), the others by their Linear calls;
 - BatchNorm, ReLU, max/mean pooling, scatter and the head's post-processing are not counted.
 
 The paper's figures (PointPillars 34.3 / 9.0 / 2.5, SECOND 69.8 / 17.8 / 4.6) match the dense
@@ -106,6 +109,9 @@ def count_flops(model: nn.Module, *inputs) -> FlopCount:
     def sparse_hook(m, args, out):
         add(m, _sparse_pairs(m, out) * m.in_channels * m.out_channels, True)
 
+    def first_layer_hook(m, args, out):
+        add(m, m.first_layer_macs(*args), False)
+
     handles = []
     for m in model.modules():
         if isinstance(m, SparseConvolution):
@@ -116,6 +122,8 @@ def count_flops(model: nn.Module, *inputs) -> FlopCount:
             handles.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             handles.append(m.register_forward_hook(linear_hook))
+        if hasattr(m, "first_layer_macs"):
+            handles.append(m.register_forward_hook(first_layer_hook))
     try:
         with torch.no_grad():
             model(*inputs)

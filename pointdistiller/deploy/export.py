@@ -138,9 +138,11 @@ def export_bundle(config: str, checkpoint: str, out_dir: str, precision: str = "
     if cfg.model is None:
         raise ExportError(f"{config}: no model section")
     if cfg.model["type"] != "pointpillars":
+        why = {"second": "its sparse convolutions (spconv) have no ONNX form",
+               "point_rcnn": "its proposal NMS and per-RoI point pooling run between the two "
+                             "stages, outside any ONNX graph this exporter writes"}
         raise ExportError(f"{config}: a {cfg.model['type']} cannot be exported: only PointPillars "
-                          f"goes through ONNX (SECOND's sparse convolutions, spconv, have no ONNX "
-                          f"form)")
+                          f"goes through ONNX ({why.get(cfg.model['type'], 'no exporter')})")
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise OutputError(f"--out {out_dir}: is not a folder")

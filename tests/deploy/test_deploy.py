@@ -184,6 +184,9 @@ def test_errors_leave_nothing_half_written(tmp_path, capsys, bundle):
     second = os.path.join(REPO, "configs", "demo", "second_teacher.yaml")
     assert pd_export.main([second, TEACHER_WEIGHTS, "--out", str(tmp_path / "b")]) == 2
     assert "cannot be exported" in capsys.readouterr().err
+    point_rcnn = os.path.join(REPO, "configs", "demo", "point_rcnn_teacher.yaml")
+    assert pd_export.main([point_rcnn, TEACHER_WEIGHTS, "--out", str(tmp_path / "b")]) == 2
+    assert "point_rcnn cannot be exported" in capsys.readouterr().err
     student = os.path.join(REPO, "configs", "demo", "pointpillars_student_4x.yaml")
     assert pd_export.main([student, TEACHER_WEIGHTS, "--out", str(tmp_path / "b")]) == 2
     assert "does not match its config" in capsys.readouterr().err

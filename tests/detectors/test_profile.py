@@ -113,3 +113,26 @@ def test_second_on_real_frame(kitti_sample, capsys):
     assert result["params"] == 341448
     # dense 4.596 G MACs (the paper's 4.6 "GFLOPs") x 2 = 9.19, plus the sparse encoder
     assert 9.3 < result["gflops"] < 11.0
+
+
+def test_pointnet2_backbone_macs_closed_form():
+    """The PointNet++ backbone counted as mmcv counts 1x1 convs over the grouped tensors: per level
+    and scale, centres x samples x sum of in x out over the MLP (first input = width + 3)."""
+    from pointdistiller.detectors.backbones_3d import PointNet2SAMSG, SALevel, plan_geometry
+
+    levels = (SALevel(64, (0.5, 1.0), (8, 16)), SALevel(16, (1.0,), (8,)))
+    mlps = (((8, 8, 16), (16, 16, 32)), ((32, 32, 64),))
+    backbone = PointNet2SAMSG(1, levels, mlps).eval()
+    g = torch.Generator().manual_seed(0)
+    xyz = torch.rand(2 * 500, 3, generator=g) * 10
+    offsets = torch.tensor([0, 500, 1000])
+    geometry = plan_geometry(xyz, offsets, levels)
+    count = profile.count_flops(backbone, torch.rand(1000, 1, generator=g), geometry)
+    expected, prev = 0, 1
+    for level, scales in zip(levels, mlps):
+        centres = 2 * level.num_points
+        for samples, widths in zip(level.samples, scales):
+            chans = (prev + 3, *widths)
+            expected += centres * samples * sum(i * o for i, o in zip(chans, chans[1:]))
+        prev = sum(w[-1] for w in scales)
+    assert count.dense_macs == expected and count.sparse_macs == 0
