@@ -1,7 +1,8 @@
 """PointDistiller's local distillation: our implementation against the authors' dense formulation,
 and its share of a training step.
 
-    python benchmarks/bm_distill.py [--part a|b|all] [--repeats 3] [--cuda] [--json OUT]
+    python benchmarks/bm_distill.py [--part a|b|all] [--detector pointpillars|point_rcnn]
+        [--repeats 3] [--cuda] [--json OUT]
 
 (a) One loss evaluation, forward + backward, at the paper's PointPillars size (N = 6000 selected
     pillars, K = 128, C_T = 64, C_S = 32, batch 6 x 16000 pillars, seeded random features and
@@ -13,7 +14,11 @@ and its share of a training step.
     2 real KITTI frames (``../shared/kitti_sample``) voxelized with the demo settings: the student
     alone; with the frozen demo teacher's forward (no_grad); with the teacher and PointDistiller on
     the pillar features (N = 6000, K = 128). PointDistiller's own cost is (third - second) as a %
-    of the second.
+    of the second. ``--detector point_rcnn``: the same three steps for the PointRCNN 8x student
+    and teacher (``configs/point_rcnn``) on the 2 frames resampled to 16384 points each, with
+    PointDistiller on the last feature propagation (N = 6000 points per sample, K = 128, C = 128,
+    max over K); the frozen teacher runs up to that tap only and shares the batch's sampling and
+    grouping with the student.
 
 Every case runs in a fresh subprocess with ``torch.set_num_threads(1)``; times are medians of
 ``--repeats`` runs after one warm-up run (the dense baseline of (a) too, unless ``--dense-repeats``
@@ -133,10 +138,10 @@ def _worker_a(variant: str, repeats: int, warmup: int, device_name: str) -> dict
 # (b) training steps with the demo PointPillars pair on real KITTI frames
 # ---------------------------------------------------------------------------------------------
 def kitti_batch(model_cfg: dict, frames: int = 2):
-    """The first ``frames`` real KITTI frames with their labels, voxelized as ``model_cfg`` says
-    (also used by bm_knn)."""
+    """The first ``frames`` real KITTI frames with their labels, as the training loader feeds the
+    detector of ``model_cfg`` (voxelized, or resampled points; also used by bm_knn)."""
     from pointdistiller.kitti_tools.classes import CLASS_NAMES
-    from pointdistiller.data.collate import Sample, VoxelCollator
+    from pointdistiller.data.collate import Sample, build_collator
     from pointdistiller.kitti_tools import io as kio
     from pointdistiller.kitti_tools.geometry import camera_to_lidar_boxes
 
@@ -157,12 +162,22 @@ def kitti_batch(model_cfg: dict, frames: int = 2):
         inside = ((boxes[:, 0] >= lo[0]) & (boxes[:, 0] < hi[0]) & (boxes[:, 1] >= lo[1])
                   & (boxes[:, 1] < hi[1]))
         samples.append(Sample(kio.read_velodyne(path), boxes[inside], labels[inside], frame))
-    collate = VoxelCollator(model_cfg["voxel_size"], model_cfg["point_range"],
-                            model_cfg["max_points_per_voxel"], model_cfg["max_voxels"][0])
-    return collate(samples)
+    return build_collator(model_cfg, training=True)(samples)
 
 
-def _worker_b(mode: str, repeats: int, warmup: int, device_name: str) -> dict:
+# (b): teacher config, student config, the PointDistiller term of each detector
+STEP_CASES = {
+    "pointpillars": ("configs/demo/pointpillars_teacher.yaml",
+                     "configs/demo/pointpillars_student_4x.yaml",
+                     dict(feature="pfn", num_nodes=PAPER["num_nodes"], k=PAPER["k"])),
+    "point_rcnn": ("configs/point_rcnn/teacher.yaml", "configs/point_rcnn/student_8x.yaml",
+                   dict(feature="fp", importance="channel_max", num_nodes=12000, k=128, tau=1.0,
+                        pool="max")),
+}
+
+
+def _worker_b(mode: str, repeats: int, warmup: int, device_name: str,
+              detector: str = "pointpillars") -> dict:
     import torch
 
     from pointdistiller.config import load_config
@@ -171,28 +186,32 @@ def _worker_b(mode: str, repeats: int, warmup: int, device_name: str) -> dict:
     from pointdistiller.distill.distiller import Distiller
 
     device = torch.device(device_name)
-    teacher_cfg = load_config(os.path.join(REPO, "configs/demo/pointpillars_teacher.yaml")).model
-    student_cfg = load_config(os.path.join(REPO, "configs/demo/pointpillars_student_4x.yaml")).model
-    batch = kitti_batch(student_cfg).to(device)
+    t_path, s_path, term = STEP_CASES[detector]
+    teacher_cfg = load_config(os.path.join(REPO, t_path)).model
+    student_cfg = load_config(os.path.join(REPO, s_path)).model
+    cpu_batch = kitti_batch(student_cfg)
     torch.manual_seed(0)
     student = build_detector(student_cfg).to(device).train()
-    stats = {"pillars": batch.voxel_offsets.diff().tolist()}
+    stats = {"pillars": cpu_batch.voxel_offsets.diff().tolist(),
+             "points": cpu_batch.point_offsets.diff().tolist()}
+    batch = cpu_batch.to(device)
     if mode == "student":
         model, params = student, list(student.parameters())
 
         def step():
+            batch.cache.clear()    # a new batch every step: its sampling is computed again
             out = student(batch)
             return student.loss(batch, out)["total"]
     else:
         teacher = build_detector(teacher_cfg).to(device)
-        local = ([LocalTermConfig(feature="pfn", num_nodes=PAPER["num_nodes"], k=PAPER["k"])]
-                 if mode == "pointdistiller" else [])
+        local = [LocalTermConfig(**term)] if mode == "pointdistiller" else []
         model = Distiller(student, teacher, DistillConfig(local=local),
                           {t.name: t for t in teacher.feature_info},
                           {t.name: t for t in student.feature_info}).to(device).train()
         params = list(student.parameters()) + list(model.kd_modules().parameters())
 
         def step():
+            batch.cache.clear()
             losses, st = model(batch)
             stats.update(st)
             return losses["total"]
@@ -220,14 +239,18 @@ def _worker(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(1)
-    fn = _worker_a if spec["part"] == "a" else _worker_b
-    result = fn(spec["case"], spec["repeats"], spec["warmup"], spec["device"])
+    if spec["part"] == "a":
+        result = _worker_a(spec["case"], spec["repeats"], spec["warmup"], spec["device"])
+    else:
+        result = _worker_b(spec["case"], spec["repeats"], spec["warmup"], spec["device"],
+                           spec["detector"])
     print("RESULT " + json.dumps(result))
 
 
-def _spawn(part: str, case: str, repeats: int, device: str, warmup: int = 1) -> dict:
+def _spawn(part: str, case: str, repeats: int, device: str, warmup: int = 1,
+           detector: str = "pointpillars") -> dict:
     spec = json.dumps({"part": part, "case": case, "repeats": repeats, "warmup": warmup,
-                       "device": device})
+                       "device": device, "detector": detector})
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", spec],
                           capture_output=True, text=True, cwd=REPO)
     for line in proc.stdout.splitlines():
@@ -244,6 +267,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (medians)")
     parser.add_argument("--dense-repeats", type=int, default=None,
                         help="timed runs of the dense baseline (default: --repeats)")
+    parser.add_argument("--detector", choices=sorted(STEP_CASES), default="pointpillars",
+                        help="the student/teacher pair of part (b)")
     parser.add_argument("--cuda", action="store_true", help="run every case on the GPU")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -285,14 +310,17 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"<= 10 % of the memory")
 
     if args.part in ("b", "all"):
-        b = {mode: _spawn("b", mode, args.repeats, device)
+        b = {mode: _spawn("b", mode, args.repeats, device, detector=args.detector)
              for mode in ("student", "teacher", "pointdistiller")}
         for kind, key in (("wall", "median_s"), ("cpu", "median_cpu_s")):
             base = b["teacher"][key]
             b[f"pointdistiller_cost_pct_{kind}"] = 100 * (b["pointdistiller"][key] - base) / base
         results["b"] = b
-        print(f"(b) training step, demo PointPillars 4x student, 2 KITTI frames "
-              f"({b['student']['pillars']} pillars), {device}, 1 thread")
+        b["detector"] = args.detector
+        what = (f"demo PointPillars 4x student, 2 KITTI frames ({b['student']['pillars']} pillars)"
+                if args.detector == "pointpillars" else
+                f"PointRCNN 8x student, 2 KITTI frames ({b['student']['points']} points)")
+        print(f"(b) training step, {what}, {device}, 1 thread")
         for mode, label in (("student", "student alone"), ("teacher", "+ frozen teacher forward"),
                             ("pointdistiller", "+ teacher + PointDistiller")):
             r = b[mode]
