@@ -43,7 +43,8 @@ def teacher_checkpoint(cfg: Config, config_path: str, checkpoint: Optional[str] 
 
 
 def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], device) -> Tuple[nn.Module, Dict]:
-    """Builds the teacher from ``teacher.config`` and loads its verified checkpoint."""
+    """Builds the teacher from ``teacher.config``, checks that it sees the student's nodes
+    (:func:`check_alignment`) and loads its verified checkpoint."""
     if cfg.teacher is None or not cfg.teacher.config:
         raise RunError(f"{config_path}: distillation needs a 'teacher' section with 'config'")
     t_path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(config_path)), cfg.teacher.config))
@@ -53,6 +54,7 @@ def load_teacher(cfg: Config, config_path: str, checkpoint: Optional[str], devic
         raise RunError(f"teacher.config: {exc}") from None
     if t_cfg.model is None:
         raise RunError(f"teacher.config: {t_path} has no model section")
+    check_alignment(cfg.model, t_cfg.model)   # before the checkpoint: a mismatch needs no file
     ckpt = teacher_checkpoint(cfg, config_path, checkpoint)
     teacher = build_detector(t_cfg.model)
     try:

@@ -44,7 +44,7 @@ from pointdistiller.engine.errors import RunError
 from pointdistiller.engine.evaluation import evaluate_detector
 from pointdistiller.engine.schedule import OneCycle
 from pointdistiller.engine.sections import DataConfig, TrainConfig
-from pointdistiller.engine.teacher import DetectionObjective, check_alignment, load_teacher
+from pointdistiller.engine.teacher import DetectionObjective, load_teacher
 
 
 @dataclass
@@ -155,9 +155,8 @@ class Trainer:
         if self.cfg.distill is not None:
             from pointdistiller.distill.distiller import Distiller
 
-            teacher, t_model_cfg = load_teacher(self.cfg, self.config_path, self.teacher_checkpoint,
-                                                self.device)
-            check_alignment(self.cfg.model, t_model_cfg)
+            teacher, _ = load_teacher(self.cfg, self.config_path, self.teacher_checkpoint,
+                                      self.device)
             t_taps = {t.name: t for t in teacher.feature_info}
             s_taps = {t.name: t for t in self.student.feature_info}
             for name in set(t_taps) & set(s_taps):

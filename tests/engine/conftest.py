@@ -1,7 +1,8 @@
-"""Fixtures of the trainer tests: tiny PointPillars configs and a 6-scene synthetic dataset."""
+"""Fixtures of the trainer tests: tiny PointPillars and PointRCNN configs and a 6-scene synthetic
+dataset."""
 import pytest
 
-from trainer_runs import KD, MODEL, PAPER_PP
+from trainer_runs import KD, MODEL, PAPER_PP, RCNN_KD, rcnn_model
 
 
 @pytest.fixture(scope="module")
@@ -10,6 +11,8 @@ def configs(tmp_path_factory):
     (d / "teacher.yaml").write_text(MODEL.format(base=PAPER_PP, p=16, b=32))
     (d / "student.yaml").write_text(MODEL.format(base=PAPER_PP, p=8, b=16))
     (d / "student_kd.yaml").write_text(MODEL.format(base=PAPER_PP, p=8, b=16) + KD.format())
+    (d / "rcnn_teacher.yaml").write_text(rcnn_model(16, 32))
+    (d / "rcnn_student_kd.yaml").write_text(rcnn_model(8, 16) + RCNN_KD.format())
     return d
 
 

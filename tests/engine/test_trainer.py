@@ -141,3 +141,35 @@ def test_ddp_two_gloo_processes(tmp_path, synth_root, configs):
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (tmp_path / "ddp" / "model_final.pt").is_file()
     assert (tmp_path / "ddp" / "eval.json").is_file()
+
+
+def test_point_rcnn_teacher_then_distilled_student(tmp_path, synth_root, configs):
+    """The point-based path end to end: the loader's point collator, both stages' losses, KITTI
+    result files, then PointDistiller on the FP tap from the trained teacher's checkpoint."""
+    teacher = _train(tmp_path, synth_root, configs, name="rcnn_teacher.yaml", sub="teacher",
+                     extra=("train.max_iters=2",))
+    steps = [json.loads(line) for line in (tmp_path / "teacher" / "log.jsonl").read_text().splitlines()]
+    assert {"rpn_cls", "rpn_box", "rcnn_cls", "rcnn_box", "rcnn_corner"} <= set(steps[0])
+    assert len(os.listdir(tmp_path / "teacher" / "results" / "val")) == 3
+    student = _train(tmp_path, synth_root, configs, name="rcnn_student_kd.yaml", sub="student",
+                     extra=("train.max_iters=2",), teacher=str(teacher.final_checkpoint))
+    assert student.iterations == 2
+    steps = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()]
+    assert all(s["kd_local0"] > 0 and s["local0_selected"] == 512 for s in steps if "total" in s)
+    # a voxel teacher cannot teach a point student
+    with pytest.raises(RunError, match="teacher takes voxels and the student points"):
+        _train(tmp_path, synth_root, configs, name="rcnn_student_kd.yaml", sub="mixed",
+               extra=("train.max_iters=1", f"teacher.config={configs / 'teacher.yaml'}"))
+
+
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_point_rcnn(tmp_path, synth_root, configs):
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+            "-m", "pointdistiller.cli.train", str(configs / "rcnn_teacher.yaml"),
+            "--work-dir", str(tmp_path / "ddp"), "--device", "cpu", "--no-progress",
+            "--set", f"data.root={synth_root}", "--set", "train.max_iters=2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert (tmp_path / "ddp" / "model_final.pt").is_file()
+    assert (tmp_path / "ddp" / "eval.json").is_file()
