@@ -284,7 +284,8 @@ class PointNetFPNeck(nn.Module):
         # on the known rows (e.g. 4096) instead of the interpolated ones (32768 for the last FP).
         w = mlp.first_weight
         c = known.shape[1]
-        first = three_interpolate((known @ w[:, :c].t()).contiguous(), idx, weight)
+        # float(): under CUDA autocast the GEMM gives fp16, the op takes float32
+        first = three_interpolate((known @ w[:, :c].t()).float().contiguous(), idx, weight)
         if skip is not None and skip.shape[1] > 0:
             first = first + skip @ w[:, c:].t()
         return mlp(first)

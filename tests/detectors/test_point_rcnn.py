@@ -210,3 +210,18 @@ def test_every_distillation_term_works_on_point_rcnn():
     with pytest.raises(ValueError, match="importance 'num_points' needs a voxel tap"):
         Distiller(student, teacher, DistillConfig(local=[LocalTermConfig(feature="fp")]),
                   taps(teacher), taps(student))
+
+
+def test_forward_under_autocast():
+    """Mixed precision (the trainer's ``amp`` on CUDA): GEMMs give half-precision rows, the native
+    ops take float32; bfloat16 autocast on the CPU exercises the same casts."""
+    cfg = _small_cfg()
+    torch.manual_seed(0)
+    model = build_detector(cfg).train()
+    batch = _scene_batch(cfg)
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        out = model(batch)
+        losses = model.loss(batch, out)
+    assert out.features["fp"].dtype == torch.bfloat16
+    assert torch.isfinite(losses["total"].float())
+    losses["total"].backward()
