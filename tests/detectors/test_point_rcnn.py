@@ -225,3 +225,29 @@ def test_forward_under_autocast():
     assert out.features["fp"].dtype == torch.bfloat16
     assert torch.isfinite(losses["total"].float())
     losses["total"].backward()
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_geometry_and_trains_with_amp():
+    """On the GPU: the same sampling and grouping as the CPU (the ops' contract), and a training
+    step under fp16 autocast with finite losses and gradients."""
+    cfg = _small_cfg()
+    torch.manual_seed(0)
+    model = build_detector(cfg).train()
+    batch = _scene_batch(cfg)
+    cpu_geometry = model.geometry(batch)
+    model = model.cuda()
+    gpu_batch = batch.to("cuda")
+    gpu_geometry = model.geometry(gpu_batch)
+    for c, g in zip(cpu_geometry.levels, gpu_geometry.levels):
+        assert torch.equal(c.picked, g.picked.cpu())
+        assert all(torch.equal(a, b.cpu()) for a, b in zip(c.groups, g.groups))
+    with torch.autocast(device_type="cuda", dtype=torch.float16):
+        out = model(gpu_batch)
+        losses = model.loss(gpu_batch, out)
+    assert torch.isfinite(losses["total"].float())
+    losses["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    model.eval()
+    with torch.no_grad():
+        assert len(model.predict(gpu_batch, model(gpu_batch))) == 2
