@@ -11,6 +11,10 @@ the sensor), one thread, medians.
   against a full scan of all points in index order (numba, stopping at 32 found per centre; named
   baseline; target: >= 5x faster), checking equal results.
 - Grouping and three-NN interpolation of the same level, for scale.
+- The whole PointRCNN teacher backbone + FP neck forward (no grad) on the frame, then the 8x
+  student's: each planning its own sampling and grouping (named baseline) against the student
+  reusing the teacher's (``PointGeometry`` in ``batch.cache``, as in distillation); same outputs
+  checked.
 """
 import argparse
 import json
@@ -65,6 +69,37 @@ def full_scan_ball_query(points, centers, r2, nsample):
         for s in range(found, nsample):
             out[c, s] = fill
     return out
+
+
+def backbone_sharing(points: torch.Tensor, repeat: int) -> dict:
+    """Teacher then student backbone + neck forward, unshared against shared geometry."""
+    from pointdistiller.config import load_config
+    from pointdistiller.detectors.build import build_detector
+
+    models = [build_detector(load_config(os.path.join(REPO, "configs", "point_rcnn", f"{n}.yaml")).model).eval()
+              for n in ("teacher", "student_8x")]
+    features = torch.rand(len(points), 1, generator=torch.Generator().manual_seed(0))
+    offsets = torch.tensor([0, len(points)])
+    from pointdistiller.detectors.backbones_3d import plan_geometry
+
+    def run(shared: bool):
+        outs, geometry = [], None
+        for model in models:
+            if geometry is None or not shared:
+                geometry = plan_geometry(points, offsets, model.levels)
+            with torch.no_grad():
+                outs.append(model.neck(model.backbone(features, geometry), geometry))
+        return outs
+
+    same = all(torch.equal(a, b) for a, b in zip(run(False), run(True)))
+    t_own = median_ms(lambda: run(False), max(3, repeat // 3), warmup=1)
+    t_shared = median_ms(lambda: run(True), max(3, repeat // 3), warmup=1)
+    print(f"PointRCNN teacher + 8x student backbone and FP neck forward, {len(points)} points")
+    print(f"  each planning its own sampling       {t_own:8.1f} ms")
+    print(f"  the student reusing the teacher's    {t_shared:8.1f} ms  own/shared "
+          f"{t_own / t_shared:5.2f}; same outputs: {same}")
+    return {"backbone_own_ms": t_own, "backbone_shared_ms": t_shared,
+            "backbone_sharing_ratio": t_own / t_shared, "backbone_same": bool(same)}
 
 
 def main(argv=None) -> int:
@@ -138,6 +173,7 @@ def main(argv=None) -> int:
     results.update(group_ms=t_group, three_nn_ms=t_nn, three_interpolate_ms=t_interp)
     print(f"group_points 4096 x 32 x 32 ch {t_group:.2f} ms; three_nn {len(pts)} -> 4096 {t_nn:.2f} ms; "
           f"three_interpolate 128 ch {t_interp:.2f} ms")
+    results.update(backbone_sharing(points, args.repeat))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(results, f, indent=1)
