@@ -22,6 +22,7 @@ from pointdistiller.detectors.box_coding.assigner import AnchorAssigner, AssignR
 from pointdistiller.detectors.box_coding.coder import ResidualCoder
 from pointdistiller.detectors.losses import box_regression_loss, direction_loss, sigmoid_focal_loss
 from pointdistiller.detectors.post_processing import Detections, decode_detections
+from pointdistiller.detectors.heads.config_block import ConfigBlock
 
 NUM_DIR_BINS = 2
 
@@ -52,7 +53,7 @@ class HeadOutput:
 
 
 @dataclass
-class AnchorHeadConfig:
+class AnchorHeadConfig(ConfigBlock):
     """The ``head`` block of a detector config: everything of :class:`AnchorHead` except what the
     detector derives (input width, point range, feature map size). Defaults: mmdetection3d's
     PointPillars KITTI 3-class head; the fields are documented on :class:`AnchorHead`."""
@@ -79,13 +80,6 @@ class AnchorHeadConfig:
     nms_iou_threshold: float = 0.01
     max_detections: int = 50
 
-    @staticmethod
-    def of(value) -> "AnchorHeadConfig":
-        """An ``AnchorHeadConfig`` from itself, a mapping of its fields (e.g. a checkpoint's
-        ``model_config``) or None (the defaults)."""
-        if value is None or isinstance(value, AnchorHeadConfig):
-            return value or AnchorHeadConfig()
-        return AnchorHeadConfig(**value)
 
 
 class AnchorHead(nn.Module):

@@ -26,6 +26,7 @@ from pointdistiller.detectors.box_coding.roi_sampler import (RoISampler, canonic
                                                              soft_iou_labels)
 from pointdistiller.detectors.heads.point_rpn_head import Proposals
 from pointdistiller.detectors.post_processing import Detections
+from pointdistiller.detectors.heads.config_block import ConfigBlock
 
 __all__ = ["RoIHeadConfig", "RoITargets", "RoIOutput", "PointRCNNRoIHead", "box_corners",
            "corner_loss"]
@@ -34,7 +35,7 @@ POINT_CHANNELS = 5       # canonical xyz, point score, depth
 
 
 @dataclass
-class RoIHeadConfig:
+class RoIHeadConfig(ConfigBlock):
     """The RoI-head block of a PointRCNN config. Defaults: mmdetection3d's KITTI 3-class teacher.
 
     Attributes:
@@ -80,12 +81,6 @@ class RoIHeadConfig:
     smooth_l1_beta: float = 1.0 / 9.0
     corner_delta: float = 1.0
 
-    @staticmethod
-    def of(value) -> "RoIHeadConfig":
-        """A ``RoIHeadConfig`` from itself, a mapping of its fields or None (the defaults)."""
-        if value is None or isinstance(value, RoIHeadConfig):
-            return value or RoIHeadConfig()
-        return RoIHeadConfig(**value)
 
 
 @dataclass

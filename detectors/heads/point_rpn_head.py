@@ -21,6 +21,7 @@ from pointdistiller.detectors.box_coding.point_coder import PointResidualCoder
 from pointdistiller.detectors.losses import sigmoid_focal_loss
 from pointdistiller.detectors.post_processing import top_k_lowest_index
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
+from pointdistiller.detectors.heads.config_block import ConfigBlock
 
 
 def _default_mean_sizes() -> Dict[str, Tuple[float, float, float]]:
@@ -28,7 +29,7 @@ def _default_mean_sizes() -> Dict[str, Tuple[float, float, float]]:
 
 
 @dataclass
-class PointRPNHeadConfig:
+class PointRPNHeadConfig(ConfigBlock):
     """The RPN block of a PointRCNN config. Defaults: mmdetection3d's KITTI 3-class PointRCNN.
 
     Attributes:
@@ -59,13 +60,6 @@ class PointRPNHeadConfig:
     nms_iou_train: float = 0.8
     nms_iou_test: float = 0.85
 
-    @staticmethod
-    def of(value) -> "PointRPNHeadConfig":
-        """A ``PointRPNHeadConfig`` from itself, a mapping of its fields (e.g. a checkpoint's
-        ``model_config``) or None (the defaults)."""
-        if value is None or isinstance(value, PointRPNHeadConfig):
-            return value or PointRPNHeadConfig()
-        return PointRPNHeadConfig(**value)
 
 
 def ordered_mean_sizes(mean_sizes: Mapping[str, Sequence[float]]) -> Tensor:
