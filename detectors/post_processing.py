@@ -7,7 +7,7 @@ decode the residuals; fix the heading with the direction classifier
 (``yaw = limit_period(yaw - dir_offset, 0, pi) + dir_offset + pi * bin``); per class, candidates
 with score > ``score_threshold`` go through rotated BEV NMS (``pointdistiller.ops.iou3d.nms_bev``);
 the survivors of all classes are sorted by score (stable, class order breaks ties) and the first
-``max_detections`` kept. An anchor may appear once per class whose score passes the threshold.
+``max_detections`` kept (:func:`class_wise_nms`, also PointRCNN's last step). An anchor may appear once per class whose score passes the threshold.
 Candidates whose decoded box is not finite are dropped. The result is deterministic.
 """
 import math
@@ -111,20 +111,36 @@ def decode_detections(cls_logits: Tensor, box_deltas: Tensor, dir_logits: Tensor
     boxes[:, 6] = correct_direction(boxes[:, 6], dir_logits.argmax(dim=1), dir_offset)
     finite = torch.isfinite(boxes).all(dim=1)
 
+    candidates = [torch.nonzero((scores[:, k] > score_threshold) & finite).squeeze(1)
+                  for k in range(scores.shape[1])]
+    rows = torch.cat(candidates)
+    labels = torch.cat([torch.full((c.numel(),), k, dtype=torch.int64, device=device)
+                        for k, c in enumerate(candidates)])
+    return class_wise_nms(boxes[rows], scores[rows, labels], labels, nms_iou_threshold,
+                          max_detections)
+
+
+def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
+                   max_detections: int) -> Detections:
+    """Final detections of one sample from scored, labelled candidates: per class (ascending),
+    rotated BEV NMS (``pointdistiller.ops.iou3d.nms_bev``) over that class's rows in row order;
+    the survivors of all classes sorted by score (stable, so class order breaks ties) and the
+    first ``max_detections`` kept.
+
+    Args:
+        boxes: ``[n, 7]`` float32 LiDAR boxes; scores: ``[n]`` float32; labels: ``[n]`` int64.
+        iou_threshold: BEV IoU above which the lower-scored box of a class is removed.
+        max_detections: boxes kept.
+    """
     from pointdistiller.ops.iou3d import nms_bev
 
-    kept_boxes, kept_scores, kept_labels = [], [], []
-    for k in range(scores.shape[1]):
-        candidates = torch.nonzero((scores[:, k] > score_threshold) & finite).squeeze(1)
-        if candidates.numel() == 0:
-            continue
-        class_boxes, class_scores = boxes[candidates].contiguous(), scores[candidates, k].contiguous()
-        keep = nms_bev(class_boxes, class_scores, nms_iou_threshold)
-        kept_boxes.append(class_boxes[keep])
-        kept_scores.append(class_scores[keep])
-        kept_labels.append(torch.full((keep.numel(),), k, dtype=torch.int64, device=device))
-    if not kept_boxes:
-        return Detections.empty(device)
-    boxes, scores, labels = torch.cat(kept_boxes), torch.cat(kept_scores), torch.cat(kept_labels)
-    order = torch.sort(scores, descending=True, stable=True).indices[:max_detections]
-    return Detections(boxes=boxes[order], scores=scores[order], labels=labels[order])
+    kept = []
+    for k in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == k).squeeze(1)
+        kept.append(rows[nms_bev(boxes[rows].contiguous(), scores[rows].contiguous(),
+                                 iou_threshold)])
+    if not kept:
+        return Detections.empty(boxes.device)
+    rows = torch.cat(kept)
+    rows = rows[torch.sort(scores[rows], descending=True, stable=True).indices[:max_detections]]
+    return Detections(boxes=boxes[rows], scores=scores[rows], labels=labels[rows])

@@ -25,7 +25,7 @@ from pointdistiller.detectors.box_coding.roi_sampler import (RoISampler, canonic
                                                              decode_roi_boxes, encode_roi_targets,
                                                              soft_iou_labels)
 from pointdistiller.detectors.heads.point_rpn_head import Proposals
-from pointdistiller.detectors.post_processing import Detections
+from pointdistiller.detectors.post_processing import Detections, class_wise_nms
 from pointdistiller.detectors.heads.config_block import ConfigBlock
 
 __all__ = ["RoIHeadConfig", "RoITargets", "RoIOutput", "PointRCNNRoIHead", "box_corners",
@@ -403,8 +403,6 @@ class PointRCNNRoIHead(nn.Module):
         class, boxes with score > ``score_threshold`` go through rotated BEV NMS (``nms_iou``);
         the survivors sorted by score (stable, class order breaks ties), at most
         ``max_detections``. Boxes that decode to non-finite values are dropped."""
-        from pointdistiller.ops import nms_bev
-
         self._check_output("predict", out)
         boxes = decode_roi_boxes(out.rois.float(), out.reg.float())
         scores = torch.sigmoid(out.cls[:, 0].float())
@@ -412,16 +410,7 @@ class PointRCNNRoIHead(nn.Module):
         results = []
         for b in range(out.roi_offsets.numel() - 1):
             start, end = int(out.roi_offsets[b]), int(out.roi_offsets[b + 1])
-            labels = out.roi_labels[start:end]
-            kept = []
-            for k in torch.unique(labels[valid[start:end]]).tolist():
-                rows = start + torch.nonzero(valid[start:end] & (labels == k)).squeeze(1)
-                kept.append(rows[nms_bev(boxes[rows], scores[rows], self.cfg.nms_iou)])
-            if not kept:
-                results.append(Detections.empty(boxes.device))
-                continue
-            rows = torch.cat(kept)
-            order = torch.sort(scores[rows], descending=True, stable=True).indices
-            rows = rows[order[:self.cfg.max_detections]]
-            results.append(Detections(boxes[rows], scores[rows], out.roi_labels[rows]))
+            rows = start + torch.nonzero(valid[start:end]).squeeze(1)
+            results.append(class_wise_nms(boxes[rows], scores[rows], out.roi_labels[rows],
+                                          self.cfg.nms_iou, self.cfg.max_detections))
         return results
