@@ -27,6 +27,7 @@ from pointdistiller.detectors.box_coding.roi_sampler import (RoISampler, canonic
 from pointdistiller.detectors.heads.point_rpn_head import Proposals
 from pointdistiller.detectors.post_processing import Detections, class_wise_nms
 from pointdistiller.detectors.heads.config_block import ConfigBlock
+from pointdistiller.detectors.heads.mlp import check_widths, linear_bn_relu
 
 __all__ = ["RoIHeadConfig", "RoITargets", "RoIOutput", "PointRCNNRoIHead", "box_corners",
            "corner_loss"]
@@ -153,19 +154,8 @@ def _relu_layers(in_channels: int, widths: Sequence[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _bn_layers(in_channels: int, widths: Sequence[int], eps: float) -> nn.Sequential:
-    layers = []
-    for width in widths:
-        layers += [nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width, eps=eps),
-                   nn.ReLU()]
-        in_channels = width
-    return nn.Sequential(*layers)
-
-
 def _check_widths(name: str, widths) -> None:
-    if not widths or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1
-                             for w in widths):
-        raise ValueError(f"PointRCNNRoIHead: {name} must be positive ints, got {widths!r}")
+    check_widths("PointRCNNRoIHead", name, widths)
 
 
 def _check_config(cfg: RoIHeadConfig) -> None:
@@ -226,8 +216,8 @@ class PointRCNNRoIHead(nn.Module):
             self.sa_modules.append(SAModuleMSG(width, [tuple(widths)], use_xyz=True,
                                                bn_eps=cfg.bn_eps))
             width = self.sa_modules[-1].out_channels
-        self.cls_branch = _bn_layers(width, cfg.cls_channels, cfg.bn_eps)
-        self.reg_branch = _bn_layers(width, cfg.reg_channels, cfg.bn_eps)
+        self.cls_branch = nn.Sequential(*linear_bn_relu(width, cfg.cls_channels, cfg.bn_eps))
+        self.reg_branch = nn.Sequential(*linear_bn_relu(width, cfg.reg_channels, cfg.bn_eps))
         self.cls_out = nn.Linear(cfg.cls_channels[-1], 1)
         self.reg_out = nn.Linear(cfg.reg_channels[-1], 7)
         self.reset_parameters()

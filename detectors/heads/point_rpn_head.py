@@ -22,6 +22,7 @@ from pointdistiller.detectors.losses import sigmoid_focal_loss
 from pointdistiller.detectors.post_processing import top_k_lowest_index
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.detectors.heads.config_block import ConfigBlock
+from pointdistiller.detectors.heads.mlp import check_widths, linear_bn_relu
 
 
 def _default_mean_sizes() -> Dict[str, Tuple[float, float, float]]:
@@ -128,21 +129,15 @@ class PointTargets:
 
 
 def _mlp(in_channels: int, hidden: Sequence[int], out_channels: int) -> nn.Sequential:
-    layers = []
-    for width in hidden:
-        layers += [nn.Linear(in_channels, width, bias=False), nn.BatchNorm1d(width), nn.ReLU()]
-        in_channels = width
-    layers.append(nn.Linear(in_channels, out_channels))
-    return nn.Sequential(*layers)
+    width = hidden[-1] if hidden else in_channels
+    return nn.Sequential(*linear_bn_relu(in_channels, hidden), nn.Linear(width, out_channels))
 
 
 def _check_config(in_channels: int, cfg: PointRPNHeadConfig) -> None:
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise ValueError(f"PointRPNHead: in_channels must be a positive int, got {in_channels!r}")
-    for name in ("cls_channels", "reg_channels"):
-        widths = getattr(cfg, name)
-        if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
-            raise ValueError(f"PointRPNHead: {name} must be positive ints, got {widths!r}")
+    for name in ("cls_channels", "reg_channels"):     # empty: one Linear straight to the outputs
+        check_widths("PointRPNHead", name, getattr(cfg, name), allow_empty=True)
     if cfg.ignore_margin < 0 or cfg.smooth_l1_beta < 0 or cfg.focal_gamma < 0 \
             or not 0 <= cfg.focal_alpha <= 1:
         raise ValueError("PointRPNHead: need ignore_margin >= 0, smooth_l1_beta >= 0, "
