@@ -40,6 +40,8 @@ class Distiller(nn.Module):
             self.terms[kind] = nn.ModuleList(
                 term_class(cfg, f"{kind}[{i}]", teacher_taps, student_taps, num_classes)
                 for i, cfg in enumerate(blocks))
+        # the teacher runs its head only for a term that reads it (else it stops at its taps)
+        self.teacher_head = any(t.needs_teacher_head for terms in self.terms.values() for t in terms)
         self.train(self.training)   # puts the teacher in the mode teacher_mode asks for
 
     @property
@@ -64,9 +66,8 @@ class Distiller(nn.Module):
 
     def forward(self, batch) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
         """Returns (losses with ``"total"`` = detection + distillation, stats for logging)."""
-        teacher_head = any(t.needs_teacher_head for terms in self.terms.values() for t in terms)
         with torch.no_grad():
-            t_out = self.teacher_model(batch, head=teacher_head)
+            t_out = self.teacher_model(batch, head=self.teacher_head)
         s_out = self.student(batch)
         losses = dict(self.student.loss(batch, s_out))
         stats: Dict[str, float] = {}

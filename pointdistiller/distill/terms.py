@@ -140,7 +140,6 @@ class ResponseTerm(ResponseKD):
     def __init__(self, cfg: ResponseTermConfig, where: str, teacher: Taps, student: Taps,
                  num_classes: int):
         super().__init__(cfg.cls_weight, cfg.box_weight, cfg.temperature)
-        self.num_classes = num_classes
 
     def forward(self, teacher_out, student_out, batch) -> Tuple[Tensor, Dict[str, float]]:
         t_cls, t_box = teacher_out.head.dense_response()
