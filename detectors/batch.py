@@ -73,3 +73,19 @@ def offsets_from_counts(counts) -> Tensor:
     """``[B + 1]`` int64 cumulative offsets from per-sample counts."""
     counts = torch.as_tensor(counts, dtype=torch.int64)
     return torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+
+def check_offsets(owner: str, offsets, rows: int, name: str = "offsets") -> Tensor:
+    """Validates the ragged offsets of ``rows`` rows: ``[B + 1]`` int64 with ``B >= 1``, starting
+    at 0, never decreasing, ending at ``rows``; else a ValueError naming ``owner`` and ``name``.
+    Returns the per-sample counts ``[B]``."""
+    if not isinstance(offsets, Tensor) or offsets.dim() != 1 or offsets.dtype != torch.int64 \
+            or offsets.numel() < 2:
+        desc = (f"{tuple(offsets.shape)} {offsets.dtype}" if isinstance(offsets, Tensor)
+                else type(offsets).__name__)
+        raise ValueError(f"{owner}: {name} must be [B + 1] int64 with B >= 1, got {desc}")
+    counts = offsets.diff()
+    if int(offsets[0]) != 0 or int(offsets[-1]) != rows or bool((counts < 0).any()):
+        raise ValueError(f"{owner}: {name} must be offsets from 0 to the {rows} rows, never "
+                         f"decreasing, got {offsets.tolist()}")
+    return counts

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from pointdistiller.detectors.batch import offsets_from_counts
+from pointdistiller.detectors.batch import check_offsets, offsets_from_counts
 from pointdistiller.ops import ball_query, furthest_point_sample, three_nn
 
 __all__ = ["SALevel", "LevelGeometry", "PointGeometry", "plan_geometry"]
@@ -114,16 +114,7 @@ def _check_points(xyz, offsets) -> Tensor:
         desc = (f"{tuple(xyz.shape)} {xyz.dtype}" if isinstance(xyz, Tensor)
                 else type(xyz).__name__)
         raise ValueError(f"plan_geometry: xyz must be [N, 3] float32, got {desc}")
-    if not isinstance(offsets, Tensor) or offsets.dim() != 1 or offsets.dtype != torch.int64 \
-            or offsets.numel() < 2:
-        desc = (f"{tuple(offsets.shape)} {offsets.dtype}" if isinstance(offsets, Tensor)
-                else type(offsets).__name__)
-        raise ValueError(f"plan_geometry: offsets must be [B + 1] int64 with B >= 1, got {desc}")
-    counts = offsets.diff()
-    if int(offsets[0]) != 0 or int(offsets[-1]) != xyz.shape[0] or bool((counts < 0).any()):
-        raise ValueError(f"plan_geometry: offsets must start at 0, not decrease and end at the "
-                         f"{xyz.shape[0]} rows of xyz, got {offsets.tolist()}")
-    return counts
+    return check_offsets("plan_geometry", offsets, xyz.shape[0])
 
 
 def _plan_sampled(level: SALevel, xyz: Tensor, offsets: Tensor) -> LevelGeometry:

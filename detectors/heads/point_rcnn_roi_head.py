@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointdistiller.detectors.backbones_3d.pointnet2 import SALevel, SAModuleMSG, plan_geometry
-from pointdistiller.detectors.batch import Batch, offsets_from_counts
+from pointdistiller.detectors.batch import Batch, check_offsets, offsets_from_counts
 from pointdistiller.detectors.box_coding.roi_sampler import (RoISampler, canonical_points,
                                                              decode_roi_boxes, encode_roi_targets,
                                                              soft_iou_labels)
@@ -274,10 +274,7 @@ class PointRCNNRoIHead(nn.Module):
         if not isinstance(point_scores, Tensor) or tuple(point_scores.shape) != (n,):
             raise ValueError(f"PointRCNNRoIHead: point_scores must be [{n}], got "
                              f"{shape(point_scores)}")
-        if not isinstance(offsets, Tensor) or offsets.dim() != 1 or offsets.numel() < 2 \
-                or offsets.dtype != torch.int64 or int(offsets[0]) != 0 or int(offsets[-1]) != n:
-            raise ValueError(f"PointRCNNRoIHead: offsets must be [B + 1] int64 from 0 to {n}, got "
-                             f"{offsets.tolist() if isinstance(offsets, Tensor) else offsets!r}")
+        check_offsets("PointRCNNRoIHead", offsets, n)
         if not isinstance(proposals, Proposals):
             raise ValueError(f"PointRCNNRoIHead: proposals must be Proposals, got "
                              f"{type(proposals).__name__}")

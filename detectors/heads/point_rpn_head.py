@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pointdistiller.detectors.batch import Batch, offsets_from_counts
+from pointdistiller.detectors.batch import Batch, check_offsets, offsets_from_counts
 from pointdistiller.detectors.box_coding.point_coder import PointResidualCoder
 from pointdistiller.detectors.losses import sigmoid_focal_loss
 from pointdistiller.detectors.post_processing import top_k_lowest_index
@@ -233,12 +233,7 @@ class PointRPNHead(nn.Module):
                              f"{tuple(cls.shape)}, got {tuple(box.shape)}")
         if xyz.shape != (n, 3):
             raise ValueError(f"PointRPNHead.{where}: xyz must be [{n}, 3], got {tuple(xyz.shape)}")
-        if offsets.dim() != 1 or offsets.numel() < 1 or offsets.dtype != torch.int64:
-            raise ValueError(f"PointRPNHead.{where}: offsets must be [B + 1] int64, got "
-                             f"{tuple(offsets.shape)} {offsets.dtype}")
-        if int(offsets[0]) != 0 or int(offsets[-1]) != n or bool((offsets.diff() < 0).any()):
-            raise ValueError(f"PointRPNHead.{where}: offsets must rise from 0 to N = {n}, got "
-                             f"{offsets.tolist()}")
+        check_offsets(f"PointRPNHead.{where}", offsets, n)
 
     @torch.no_grad()
     def targets(self, xyz: Tensor, offsets: Tensor, batch: Batch) -> PointTargets:
