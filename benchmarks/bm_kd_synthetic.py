@@ -231,6 +231,9 @@ def git_commit(paths: Sequence[str], message: str) -> None:
 # ran: a resolved config holding the default hashes as if the field did not exist, so adding a
 # field does not make every earlier row stale.
 NEUTRAL_DEFAULTS = {("distill", "local", "teacher_graph"): "trained"}
+# the same for plain fields of a section: rows recorded before ``train.precise_bn`` existed ran
+# without it, i.e. as ``precise_bn: 0``
+NEUTRAL_FIELDS = {("train", "precise_bn"): 0}
 
 
 def _hash(resolved: Dict) -> str:
@@ -243,6 +246,10 @@ def _without_neutral(resolved: Dict) -> Dict:
         for term in (out.get(section) or {}).get(field_list) or []:
             if term.get(name) == default:
                 del term[name]
+    for (section, name), default in NEUTRAL_FIELDS.items():
+        block = out.get(section) or {}
+        if name in block and block[name] == default:
+            del block[name]
     return out
 
 

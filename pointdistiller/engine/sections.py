@@ -51,6 +51,10 @@ class TrainConfig:
         eval_interval: evaluate on the val split every this many epochs (0: only at the end).
         log_interval: steps between log lines / TensorBoard points.
         amp: mixed precision on CUDA (ignored on CPU).
+        precise_bn: before every evaluation and before ``model_final.pt`` is written, recompute the
+            BatchNorm statistics with the current weights over this many training batches (train
+            mode, no gradients; :mod:`pointdistiller.engine.precise_bn`); 0 keeps the moving
+            averages of training.
     """
 
     epochs: int = 160
@@ -71,6 +75,7 @@ class TrainConfig:
     eval_interval: int = 0
     log_interval: int = 10
     amp: bool = True
+    precise_bn: int = 100
 
 
 @dataclass

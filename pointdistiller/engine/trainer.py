@@ -42,9 +42,14 @@ from pointdistiller.engine.checkpoint import (FORMAT_VERSION, CheckpointError, l
 from pointdistiller.engine.data import build_loader, resolve_dataset_root
 from pointdistiller.engine.errors import RunError
 from pointdistiller.engine.evaluation import evaluate_detector
+from pointdistiller.engine.precise_bn import bn_buffers, recompute_bn_stats, restore_bn_buffers
 from pointdistiller.engine.schedule import OneCycle
 from pointdistiller.engine.sections import DataConfig, TrainConfig
 from pointdistiller.engine.teacher import DetectionObjective, load_teacher
+
+
+# the epoch index of the fixed shuffle that precise BN draws its training batches from
+PRECISE_BN_EPOCH = 1_000_003
 
 
 @dataclass
@@ -271,6 +276,7 @@ class Trainer:
             if writer is not None:
                 writer.close()
             return RunResult(self.work_dir, "", None, self.iteration, time.time() - start_time)
+        self._precise_bn()
         final = self._save_final()
         metrics = self.evaluate(writer)
         if writer is not None:
@@ -323,7 +329,12 @@ class Trainer:
             self._save_latest(epoch)
         if end_of_epoch and t.eval_interval and (epoch + 1) % t.eval_interval == 0 \
                 and self.iteration < self.total_iters:
+            # the recomputed statistics serve this evaluation only: training goes on (and a
+            # resumed run starts) from the moving averages that latest.pt holds
+            saved = bn_buffers(self.student)
+            self._precise_bn()
             self.evaluate(writer)
+            restore_bn_buffers(self.student, saved)
             self.objective.train()
 
     def _step(self, batch) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
@@ -353,6 +364,24 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             self.optimizer.step()
         return {k: v.detach() for k, v in losses.items()}, stats
+
+    def _precise_bn(self) -> None:
+        """Recomputes the student's BatchNorm statistics (``train.precise_bn`` batches of a
+        separate training loader with a fixed shuffle and augmentation), on every process."""
+        t = self.train_cfg
+        if t.precise_bn <= 0:
+            return
+        loader, dataset = build_loader(self.root, self.data, self.cfg.model, t,
+                                       self.data.train_split, training=True)
+        # an epoch index no training epoch uses: the same batches on every call of this run
+        loader.sampler.set_epoch(PRECISE_BN_EPOCH, 0)
+        loader.dataset.set_epoch(PRECISE_BN_EPOCH)
+        start = time.time()
+        used = recompute_bn_stats(self.student, loader, t.precise_bn,
+                                  lambda batch: self.student(batch.to(self.device)))
+        if used:
+            self.log(f"precise BN: BatchNorm statistics recomputed over {used} training batches "
+                     f"({time.time() - start:.1f} s)")
 
     # ----------------------------------------------------------------------------------------------
     def evaluate(self, writer=None) -> Optional[Dict]:
