@@ -15,7 +15,7 @@ statistics of those batches, which is what PyTorch's BN accumulates when momentu
 torch.distributed the averages of all processes are combined. Detectron2 calls this PreciseBN (Wu &
 Johnson, "Rethinking 'Batch' in BatchNorm", 2021, section 3).
 """
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Tuple
 
 import torch
 from torch import nn
@@ -23,9 +23,12 @@ from torch import nn
 from pointdistiller.engine import dist
 
 
-def batchnorm_layers(model: nn.Module) -> List[nn.modules.batchnorm._BatchNorm]:
-    """The BatchNorm layers of ``model`` that keep running statistics."""
-    return [m for m in model.modules()
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def named_batchnorm_layers(model: nn.Module) -> List[Tuple[str, nn.modules.batchnorm._BatchNorm]]:
+    """(name, layer) of every BatchNorm layer of ``model`` that keeps running statistics."""
+    return [(name, m) for name, m in model.named_modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
@@ -33,16 +36,13 @@ def bn_buffers(model: nn.Module) -> Dict[str, torch.Tensor]:
     """A copy of every BatchNorm running statistic of ``model`` (to put back with
     :func:`restore_bn_buffers`)."""
     return {f"{name}.{b}": getattr(m, b).detach().clone()
-            for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-            for b in ("running_mean", "running_var", "num_batches_tracked")}
+            for name, m in named_batchnorm_layers(model) for b in BN_BUFFERS}
 
 
 def restore_bn_buffers(model: nn.Module, saved: Dict[str, torch.Tensor]) -> None:
-    for name, m in model.named_modules():
-        if f"{name}.running_mean" in saved:
-            for b in ("running_mean", "running_var", "num_batches_tracked"):
-                getattr(m, b).copy_(saved[f"{name}.{b}"])
+    for name, m in named_batchnorm_layers(model):
+        for b in BN_BUFFERS:
+            getattr(m, b).copy_(saved[f"{name}.{b}"])
 
 
 def recompute_bn_stats(model: nn.Module, batches: Iterable, num_batches: int,
@@ -56,21 +56,22 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, num_batches: int,
     momenta. Under torch.distributed every process must call this; the statistics of all processes
     are combined batch-weighted, so all end with what one process would hold after all batches.
 
-    Returns the number of batches this process used (0: nothing changed).
+    Returns the number of batches this process used (0: nothing changed). If ``forward`` raises,
+    the statistics are put back as they were before the exception propagates.
     """
-    layers = batchnorm_layers(model)
+    layers = [m for _, m in named_batchnorm_layers(model)]
     if not layers or num_batches <= 0:
         return 0
     momenta = [m.momentum for m in layers]
     saved = bn_buffers(model)
     was_training = model.training
-    used = 0
+    used = combined = 0
     try:
         for m in layers:
             m.reset_running_stats()
             m.momentum = None
         model.train()
-        devices = [d for d in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             for batch in batches:
                 if used == num_batches:
@@ -78,9 +79,9 @@ def recompute_bn_stats(model: nn.Module, batches: Iterable, num_batches: int,
                 forward(batch)
                 used += 1
         combined = _combine_across_processes(layers, used)
-        if combined == 0:
-            restore_bn_buffers(model, saved)
     finally:
+        if combined == 0:   # no batch anywhere, or an exception: the statistics as they were
+            restore_bn_buffers(model, saved)
         for m, momentum in zip(layers, momenta):
             m.momentum = momentum
         model.train(was_training)

@@ -144,6 +144,7 @@ class Trainer:
         self.distributed = dist.init_from_env(self.device.type)
         self.resolved = config_to_dict(cfg)
         self.teacher_checkpoint = teacher_checkpoint
+        self._precise_bn_loader = None   # built on first use (see _precise_bn)
 
     # ----------------------------------------------------------------------------------------------
     def _build(self):
@@ -371,13 +372,15 @@ class Trainer:
         t = self.train_cfg
         if t.precise_bn <= 0:
             return
-        loader, dataset = build_loader(self.root, self.data, self.cfg.model, t,
-                                       self.data.train_split, training=True)
-        # an epoch index no training epoch uses: the same batches on every call of this run
-        loader.sampler.set_epoch(PRECISE_BN_EPOCH, 0)
-        loader.dataset.set_epoch(PRECISE_BN_EPOCH)
+        if self._precise_bn_loader is None:
+            loader, _ = build_loader(self.root, self.data, self.cfg.model, t,
+                                     self.data.train_split, training=True)
+            # an epoch index no training epoch uses: the same batches on every call of this run
+            loader.sampler.set_epoch(PRECISE_BN_EPOCH, 0)
+            loader.dataset.set_epoch(PRECISE_BN_EPOCH)
+            self._precise_bn_loader = loader
         start = time.time()
-        used = recompute_bn_stats(self.student, loader, t.precise_bn,
+        used = recompute_bn_stats(self.student, self._precise_bn_loader, t.precise_bn,
                                   lambda batch: self.student(batch.to(self.device)))
         if used:
             self.log(f"precise BN: BatchNorm statistics recomputed over {used} training batches "

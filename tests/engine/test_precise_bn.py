@@ -84,6 +84,24 @@ def test_nothing_to_do_changes_nothing():
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_a_failing_forward_leaves_the_statistics_as_they_were():
+    model = _two_bn_model()
+    before = bn_buffers(model)
+    calls = []
+
+    def forward(x):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("corrupt batch")
+        return model(x)
+
+    with pytest.raises(RuntimeError, match="corrupt batch"):
+        recompute_bn_stats(model, _batches(), 4, forward)
+    after = bn_buffers(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model[0].momentum == 0.01
+
+
 def test_eval_output_after_recompute_matches_train_mode():
     """The failure it fixes: stale statistics give eval outputs far from what training saw; after
     recomputing on the same data distribution eval and train mode agree closely."""
