@@ -1,7 +1,12 @@
-"""The numba kernels of the torch-free runtime: hard voxelization and rotated BEV NMS.
+"""The numba kernels of the torch-free runtime: point selection, hard voxelization and rotated
+BEV NMS.
 
-Both reproduce the contracts of the toolkit's native ops, so that a deployed model sees exactly
+They reproduce the contracts of the toolkit's own code, so that a deployed model sees exactly
 the input it saw in PyTorch and keeps exactly the boxes PyTorch keeps:
+
+- :func:`select_mask`: ``kitti_tools.geometry.fov_mask`` then the point-range test of the data
+  pipeline, in one pass with the same float64 operations in the same order (so the same points
+  on the image border and the range faces).
 
 - :func:`voxelize`: ``pointdistiller.ops.voxelization`` (spconv's quantisation in float32: a voxel per
   cell in order of first appearance, its first ``max_points`` points in input order, at most
@@ -16,6 +21,51 @@ import numba
 import numpy as np
 
 _CACHE = True    # compiled once per machine (numba's cache), not at every start of the runtime
+
+
+# --------------------------------------------------------------------------------------------------
+# point selection
+# --------------------------------------------------------------------------------------------------
+@numba.njit(cache=_CACHE, nogil=True)
+def _select(points, velo_to_rect, p2, width, height, use_fov, lo, hi, mask):
+    n = points.shape[0]
+    kept = 0
+    for i in range(n):
+        x, y, z = np.float64(points[i, 0]), np.float64(points[i, 1]), np.float64(points[i, 2])
+        ok = lo[0] <= x < hi[0] and lo[1] <= y < hi[1] and lo[2] <= z < hi[2]
+        if ok and use_fov:
+            # kitti_tools.calib._affine twice, term by term: ((a x + b y) + c z) + d
+            r0 = x * velo_to_rect[0, 0] + y * velo_to_rect[0, 1] + z * velo_to_rect[0, 2] + velo_to_rect[0, 3]
+            r1 = x * velo_to_rect[1, 0] + y * velo_to_rect[1, 1] + z * velo_to_rect[1, 2] + velo_to_rect[1, 3]
+            r2 = x * velo_to_rect[2, 0] + y * velo_to_rect[2, 1] + z * velo_to_rect[2, 2] + velo_to_rect[2, 3]
+            depth = r0 * p2[2, 0] + r1 * p2[2, 1] + r2 * p2[2, 2] + p2[2, 3]
+            if depth > 0:
+                u = (r0 * p2[0, 0] + r1 * p2[0, 1] + r2 * p2[0, 2] + p2[0, 3]) / depth
+                v = (r0 * p2[1, 0] + r1 * p2[1, 1] + r2 * p2[1, 2] + p2[1, 3]) / depth
+                ok = 0 <= u < width and 0 <= v < height
+            else:
+                ok = False
+        mask[i] = ok
+        kept += ok
+    return kept
+
+
+def select_mask(points: np.ndarray, point_range, calib=None, image_shape=(375, 1242)) -> np.ndarray:
+    """``[N]`` bool: the point lies in the field of view of camera 2 (``calib`` given: positive
+    depth, ``0 <= u < width``, ``0 <= v < height``) and in the point range (``min <= p < max`` per
+    axis, compared in float64). ``points`` ``[N, >= 3]`` float32."""
+    points = np.ascontiguousarray(points, np.float32)
+    lo = np.asarray(point_range[:3], np.float64)
+    hi = np.asarray(point_range[3:], np.float64)
+    mask = np.empty(points.shape[0], np.bool_)
+    if calib is None:
+        eye = np.zeros((3, 4))
+        _select(points, eye, eye, 0.0, 0.0, False, lo, hi, mask)
+    else:
+        h, w = image_shape
+        _select(points, np.ascontiguousarray(calib.velo_to_rect[:3], np.float64),
+                np.ascontiguousarray(calib.P2, np.float64), float(w), float(h), True, lo, hi, mask)
+    return mask
 
 
 # --------------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 from pointdistiller.deploy.bundle import INPUT_NAMES, read_bundle
-from pointdistiller.deploy.kernels import Voxelizer, nms_bev
+from pointdistiller.deploy.kernels import Voxelizer, nms_bev, select_mask
 
 
 @dataclass
@@ -148,14 +148,8 @@ class Detector:
         if points.ndim != 2 or points.shape[1] != self.num_features:
             raise ValueError(f"points: expected [N, {self.num_features}] "
                              f"({', '.join(self.deploy['input']['columns'])}), got {points.shape}")
-        if calib is not None and self.deploy["input"]["fov_reduce"]:
-            from pointdistiller.kitti_tools.geometry import fov_mask
-
-            points = points[fov_mask(points, calib, image_shape or (375, 1242))]
-        lo = np.asarray(self.point_range[:3], np.float64)
-        hi = np.asarray(self.point_range[3:], np.float64)
-        xyz = points[:, :3]
-        return points[((xyz >= lo) & (xyz < hi)).all(axis=1)]
+        fov = calib if self.deploy["input"]["fov_reduce"] else None
+        return points[select_mask(points, self.point_range, fov, image_shape or (375, 1242))]
 
     def network(self, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The head's raw maps ``(cls, box, dir)`` for already selected points."""
