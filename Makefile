@@ -11,9 +11,9 @@ PIP := $(PY) -m pip
 # PyPI's default CUDA build where nvidia-smi works.
 TORCH_VERSION ?= 2.13.0
 HAVE_GPU := $(shell nvidia-smi >/dev/null 2>&1 && echo 1)
-# open3d (libusb, GL, EGL, OpenMP), its offscreen renderer (Vulkan software driver), and a headless
-# browser for the report tests
-SYS_DEPS := libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers libegl-mesa0 chromium
+# open3d (libusb, GL, EGL, OpenMP), its offscreen renderer (Vulkan software driver), a headless
+# browser for the report tests and a virtual X display (xvfb) for the test of pd-vis --show's window
+SYS_DEPS := libusb-1.0-0 libgl1 libegl1 libgomp1 libvulkan1 mesa-vulkan-drivers libegl-mesa0 chromium xvfb
 OPS_SOURCES := $(shell find ops/csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' 2>/dev/null)
 OPS_STAMP := $(VENV)/.ops-built
 

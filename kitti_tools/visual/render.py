@@ -3,7 +3,8 @@
 The bird's-eye and camera views are rasterised here with numpy and Pillow (exact, deterministic and
 fast: a 120k-point frame takes a few tens of milliseconds); the 3D view uses open3d's offscreen
 renderer (Filament on the EGL/Vulkan software driver, no display needed), with post-processing off
-so that a render is the same every time. Ground truth is drawn in white dashed-free thin lines,
+so that a render is the same every time; :func:`show_3d` opens the same scene in an interactive
+window where a display exists. Ground truth is drawn in white dashed-free thin lines,
 detections in their class colour with the score beside the box in the bird's-eye view.
 
 Boxes are LiDAR boxes ``[n, 7]`` ``(x, y, z_centre, l, w, h, yaw)``; see :class:`FrameBoxes`.
@@ -170,9 +171,29 @@ def render_camera(image: Optional[np.ndarray], image_shape: Tuple[int, int], cal
     return np.asarray(pil)
 
 
+def _scene(points: np.ndarray, gt: FrameBoxes, dets: FrameBoxes, colour: str):
+    """open3d geometries of the 3D view: ``(name, geometry, is_lines)``."""
+    import open3d as o3d
+
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points[:, :3], np.float64)))
+    cloud.colors = o3d.utility.Vector3dVector(_colour_by(points, colour).astype(np.float64) / 255)
+    out = [("points", cloud, False)]
+    for tag, boxes in (("gt", gt), ("det", dets)):
+        for i, corners in enumerate(lidar_box_corners(boxes.boxes) if len(boxes) else []):
+            rgb = GT_COLOUR if boxes.scores is None else class_colour(str(boxes.names[i]))
+            line_set = o3d.geometry.LineSet(o3d.utility.Vector3dVector(corners),
+                                            o3d.utility.Vector2iVector(np.asarray(EDGES)))
+            line_set.colors = o3d.utility.Vector3dVector(np.tile(np.asarray(rgb) / 255, (12, 1)))
+            out.append((f"{tag}{i}", line_set, True))
+    return out
+
+
+EYE, CENTRE = (-12.0, 0.0, 14.0), (22.0, 0.0, 0.0)
+
+
 def render_3d(points: np.ndarray, gt: FrameBoxes, dets: FrameBoxes, size: Tuple[int, int] = (720, 1280),
-              colour: str = "height", eye: Sequence[float] = (-12.0, 0.0, 14.0),
-              centre: Sequence[float] = (22.0, 0.0, 0.0)) -> np.ndarray:
+              colour: str = "height", eye: Sequence[float] = EYE,
+              centre: Sequence[float] = CENTRE) -> np.ndarray:
     """3D perspective ``[H, W, 3]`` uint8 from behind and above the vehicle (open3d offscreen)."""
     import open3d as o3d
 
@@ -184,21 +205,69 @@ def render_3d(points: np.ndarray, gt: FrameBoxes, dets: FrameBoxes, size: Tuple[
     material = o3d.visualization.rendering.MaterialRecord()
     material.shader = "defaultUnlit"
     material.point_size = 2.0
-    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.asarray(points[:, :3], np.float64)))
-    cloud.colors = o3d.utility.Vector3dVector(_colour_by(points, colour).astype(np.float64) / 255)
-    scene.add_geometry("points", cloud, material)
     lines = o3d.visualization.rendering.MaterialRecord()
     lines.shader = "unlitLine"
     lines.line_width = 2.0
-    for tag, boxes in (("gt", gt), ("det", dets)):
-        for i, corners in enumerate(lidar_box_corners(boxes.boxes) if len(boxes) else []):
-            rgb = GT_COLOUR if boxes.scores is None else class_colour(str(boxes.names[i]))
-            line_set = o3d.geometry.LineSet(o3d.utility.Vector3dVector(corners),
-                                            o3d.utility.Vector2iVector(np.asarray(EDGES)))
-            line_set.colors = o3d.utility.Vector3dVector(np.tile(np.asarray(rgb) / 255, (12, 1)))
-            scene.add_geometry(f"{tag}{i}", line_set, lines)
+    for name, geometry, is_lines in _scene(points, gt, dets, colour):
+        scene.add_geometry(name, geometry, lines if is_lines else material)
     renderer.setup_camera(55.0, list(centre), list(eye), [0.0, 0.0, 1.0])
     return np.asarray(renderer.render_to_image()).copy()
+
+
+class DisplayError(RuntimeError):
+    """No display to open a window on (the message says what to do instead)."""
+
+
+def check_display() -> str:
+    """The display a window would open on; :class:`DisplayError` where there is none."""
+    import os
+
+    display = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if not display:
+        raise DisplayError("--show needs a display (neither DISPLAY nor WAYLAND_DISPLAY is set); "
+                           "without --show the picture is rendered headless to PNG")
+    return display
+
+
+def show_3d(points: np.ndarray, gt: FrameBoxes, dets: FrameBoxes, colour: str = "height",
+            title: str = "pd-vis", size: Tuple[int, int] = (720, 1280),
+            close_after: Optional[float] = None, screenshot: Optional[str] = None) -> None:
+    """The 3D view in an interactive open3d window (rotate, pan and zoom with the mouse; ``h``
+    lists the keys), starting from the camera of :func:`render_3d`; returns when the window is
+    closed, or after ``close_after`` seconds. ``screenshot``: a PNG of the window's last picture.
+    :class:`DisplayError` where no display exists (neither ``DISPLAY`` nor ``WAYLAND_DISPLAY``) or
+    the window cannot be opened."""
+    import time
+
+    display = check_display()
+    import open3d as o3d
+
+    vis = o3d.visualization.Visualizer()
+    h, w = size
+    if not vis.create_window(window_name=title, width=w, height=h):
+        raise DisplayError(f"--show: cannot open a window on display {display!r} (no OpenGL "
+                           f"there?); without --show the picture is rendered headless to PNG")
+    try:
+        for _, geometry, _ in _scene(points, gt, dets, colour):
+            vis.add_geometry(geometry)
+        option = vis.get_render_option()
+        option.background_color = np.asarray(BACKGROUND, np.float64) / 255
+        option.point_size = 2.0
+        view = vis.get_view_control()
+        eye, centre = np.asarray(EYE), np.asarray(CENTRE)
+        view.set_lookat(centre)
+        view.set_front((eye - centre) / np.linalg.norm(eye - centre))
+        view.set_up([0.0, 0.0, 1.0])
+        view.set_zoom(0.2)
+        start = time.monotonic()
+        while vis.poll_events():
+            vis.update_renderer()
+            if close_after is not None and time.monotonic() - start >= close_after:
+                break
+        if screenshot:
+            vis.capture_screen_image(screenshot, do_render=True)
+    finally:
+        vis.destroy_window()
 
 
 def compose(panels: Sequence[np.ndarray], titles: Sequence[str], width: int = 1280) -> np.ndarray:

@@ -1,12 +1,13 @@
 """pd-vis: pictures of frames and of what PointDistiller selects, rendered headless.
 
     pd-vis frame ROOT FRAME_ID [--results DIR] [--out PNG] [--views 3d bev camera]
-                 [--colour height|intensity] [--split training]
+                 [--colour height|intensity] [--split training] [--show]
     pd-vis distill CONFIG FRAME_ID [--root ROOT] [--teacher CKPT] [--term 0] [--edges 8] [--out PNG]
 
 ``frame``: one frame of a KITTI-layout folder (real or the synthetic scenes) with its ground truth
 and, with ``--results``, a folder of KITTI result files, in a 3D perspective (open3d offscreen), a
-bird's-eye view and camera 2's image with the projected boxes.
+bird's-eye view and camera 2's image with the projected boxes. ``--show`` then opens the 3D
+view in an interactive window (where a display exists; otherwise one clear error).
 
 ``distill``: for a distillation config and its teacher (``teacher.checkpoint`` or ``--teacher``),
 one frame's bird's-eye view with the nodes that PointDistiller's local term selects (top N by the
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                        choices=("3d", "bev", "camera"))
     frame.add_argument("--colour", choices=("height", "intensity"), default="height")
     frame.add_argument("--out", help="PNG (default <frame_id>.png)")
+    frame.add_argument("--show", action="store_true",
+                       help="also open the 3D view in an interactive window (needs a display)")
     distill = sub.add_parser("distill", help="the nodes and edges PointDistiller distils")
     distill.add_argument("config", help="a distillation config (with teacher and distill sections)")
     distill.add_argument("frame_id")
@@ -53,9 +56,18 @@ def run_frame(args) -> str:
     from pointdistiller.kitti_tools.visual.frame import load_frame, render_frame
     from pointdistiller.kitti_tools.visual.render import save_png
 
+    if args.show:
+        from pointdistiller.kitti_tools.visual.render import check_display
+
+        check_display()     # before any work: one clear error and nothing written
     frame = load_frame(args.root, args.frame_id, args.results, args.split)
     out = args.out or f"{args.frame_id}.png"
     save_png(out, render_frame(frame, args.views, args.colour))
+    if args.show:
+        from pointdistiller.kitti_tools.visual.render import show_3d
+
+        print(f"pd-vis: wrote {out}; showing frame {args.frame_id} (close the window to end)")
+        show_3d(frame.points, frame.gt, frame.dets, args.colour, title=f"pd-vis {args.frame_id}")
     return out
 
 
@@ -158,6 +170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from pointdistiller.engine.errors import RunError
     from pointdistiller.kitti_tools.errors import KittiFormatError
     from pointdistiller.kitti_tools.fileio import OutputError
+    from pointdistiller.kitti_tools.visual.render import DisplayError
 
     try:
         if args.command == "frame":
@@ -173,7 +186,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{stats['k']}, tau = {stats['tau']:g}: effective weighted nodes "
                   f"{stats['effective_weighted']:.1f}, largest weight {stats['max_weight']:.3g}")
     except (ConfigError, RunError, CheckpointError, KittiFormatError, OutputError,
-            FileNotFoundError) as exc:
+            FileNotFoundError, DisplayError) as exc:
         print(f"pd-vis: error: {exc}", file=sys.stderr)
         return 2
     print(f"pd-vis: wrote {out}")

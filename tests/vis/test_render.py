@@ -2,6 +2,9 @@
 the boxes project, ground truth alone when there are no detections, the same picture every time,
 and the distillation picture's nodes and weights."""
 import os
+import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 from pointdistiller.cli import vis as pd_vis
 from pointdistiller.kitti_tools.geometry import lidar_box_corners
 from pointdistiller.kitti_tools.visual.frame import load_frame, render_frame
-from pointdistiller.kitti_tools.visual.render import (GT_COLOUR, BevView, FrameBoxes, class_colour,
+from pointdistiller.kitti_tools.visual.render import (BACKGROUND, GT_COLOUR, BevView, FrameBoxes, class_colour,
                                                       render_3d, render_bev, render_camera)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,3 +105,38 @@ def test_distill_picture_shows_the_selected_nodes(kitti_sample):
     assert image.shape == (614, 614, 3)
     highest = np.array([255, 40, 40], np.uint8)   # the weight colour at 100 and above
     assert stats["max_weight"] < 100 or (image == highest).all(axis=-1).any()
+
+
+def test_show_without_a_display_is_one_clear_error(kitti_sample, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    out = tmp_path / "f.png"
+    assert pd_vis.main(["frame", kitti_sample, "000001", "--show", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--show needs a display" in err and "DISPLAY" in err
+    assert not out.exists()                       # failed before any work
+
+
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="xvfb-run (Debian's xvfb) not installed")
+def test_show_opens_a_window_with_the_scene(kitti_sample, tmp_path):
+    """The interactive window on a virtual X display (Xvfb), closed after a few seconds by the
+    test: its screenshot has the render's size, the background and the detections' class colours
+    (frame 000008 with the sample detections: cars)."""
+    from PIL import Image
+
+    shot = tmp_path / "window.png"
+    code = ("import sys; from pointdistiller.kitti_tools.visual.frame import load_frame; "
+            "from pointdistiller.kitti_tools.visual.render import show_3d; "
+            f"f = load_frame({kitti_sample!r}, '000008', results={os.path.join(kitti_sample, 'example_detections')!r}); "
+            f"show_3d(f.points, f.gt, f.dets, close_after=2.0, screenshot={str(shot)!r})")
+    proc = subprocess.run(["xvfb-run", "-a", "-s", "-screen 0 1600x1000x24", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(shot) as img:
+        image = np.asarray(img.convert("RGB")).astype(int)
+    assert image.shape == (720, 1280, 3)
+    background = (np.abs(image - np.asarray(BACKGROUND)).max(axis=-1) <= 2).mean()
+    assert 0.3 < background < 0.995                # mostly background, with the scene drawn on it
+    car = (np.abs(image - np.asarray(class_colour("Car"))).max(axis=-1) <= 8).sum()
+    white = (image.min(axis=-1) >= 250).sum()       # ground truth
+    assert car > 50 and white > 50, (car, white)
