@@ -76,8 +76,18 @@ echo 000008 >"$shared/ids.txt"
 run localhost/pointdistiller:cpu kitti-tools eval --gt /data/kitti/training/label_2 \
   --det /data/kitti/example_detections --ids /shared/ids.txt | head -4
 phase "ops tests in the runtime image"
-run localhost/pointdistiller:cpu bash -c "pip install -q --no-index --find-links /wheels --target /tmp/t pytest hypothesis scipy \
-  && cd /tmp && PYTHONPATH=/tmp/t python -m pytest -q -p no:cacheprovider /src/tests/ops 2>&1 | tail -3"
+# the whole pytest output goes to $CACHE/ops_tests.log (kept after the clean-up); a failed test
+# fails the check
+if ! run localhost/pointdistiller:cpu bash -c "pip install -q --no-index --find-links /wheels --target /tmp/t pytest hypothesis scipy \
+  && cd /tmp && PYTHONPATH=/tmp/t python -m pytest -q -rfE -p no:cacheprovider --rootdir /src/tests --confcutdir /src/tests /src/tests/ops >/shared/ops_tests.log 2>&1"; then
+  cp "$shared/ops_tests.log" "$CACHE/ops_tests.log" 2>/dev/null || true
+  grep -E "^(FAILED|ERROR)|Error" "$shared/ops_tests.log" | head -40 || true
+  tail -3 "$shared/ops_tests.log" || true
+  echo "docker-check: the ops tests failed in the runtime image (whole log: $CACHE/ops_tests.log)" >&2
+  exit 1
+fi
+cp "$shared/ops_tests.log" "$CACHE/ops_tests.log"
+tail -1 "$shared/ops_tests.log"
 phase "pd-export in the runtime image, pd-deploy in the deploy image"
 run localhost/pointdistiller:cpu bash -c 'd=$(python -c "from pointdistiller.configs import CONFIG_DIR as c; print(c)")/demo \
   && pd-export $d/pointpillars_teacher.yaml $d/weights/pointpillars_teacher.fp16.pt --out /shared/bundle'
