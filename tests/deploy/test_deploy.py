@@ -253,3 +253,12 @@ def test_fp16_bundle_runs(tmp_path, kitti_sample):
     points = kio.read_velodyne(os.path.join(kitti_sample, "training", "velodyne", "000000.bin"))
     cls, box, _ = detector.network(detector.select_points(points))
     assert np.isfinite(cls).all() and np.isfinite(box).all()
+
+
+def test_pd_deploy_reports_the_first_frame_apart():
+    """The first frame compiles the numba kernels: its time must not enter the per-frame figure
+    (in the container check it turned a ~100 ms network into "873 ms per frame")."""
+    text = pd_deploy._latency([2.0, 0.1, 0.3, 0.2])
+    assert "median 200.0 ms per frame after the first" in text and "first frame 2000.0 ms" in text
+    assert pd_deploy._latency([0.25]).startswith("250.0 ms (one frame")
+    assert pd_deploy._latency([]) == "no frames"
