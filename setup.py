@@ -20,8 +20,9 @@ PACKAGE_DIRS = {
     "kitti_tools": "pointdistiller.kitti_tools",
     "configs": "pointdistiller.configs",
 }
-# Non-Python files that ship inside the wheel.
-PACKAGE_DATA = {"pointdistiller.configs": ["*/*.yaml", "demo/weights/*.pt"]}
+# Non-Python files that ship inside the wheel: the configs and the demo teacher (`pd-train --demo`);
+# the SECOND demo teacher (12 MB, for benchmarks/bm_kd_synthetic.py) stays in the repository only.
+PACKAGE_DATA = {"pointdistiller.configs": ["*/*.yaml", "demo/weights/pointpillars_teacher.fp16.pt"]}
 
 
 def _packages():

@@ -182,6 +182,11 @@ ABLATIONS: List[Method] = [
          teacher_graph="frozen"),
     # the paper's tau, the table's PointDistiller until the first round made tau 10 the default
     _pfn("PointDistiller, tau 0.01 (the paper's)", "abl_pd_tau0p01", tau=0.01),
+    # SECOND 4x: the paper's tau (1e-4), against the table's tau 1 (second_student_4x_kd.yaml)
+    _kd("abl_second_tau1e-4", "SECOND 4x", "second", "PointDistiller, tau 1e-4 (the paper's)",
+        "second_student_4x_kd.yaml", "distill.local=[{feature: backbone.0, importance: channel_max, "
+        "num_nodes: 512, k: 128, tau: 1.0e-4, loss_weight: 2.0}, {feature: backbone.1, importance: "
+        "channel_max, num_nodes: 512, k: 128, tau: 1.0e-4, loss_weight: 2.0}]", seeds=(0,)),
 ]
 
 
@@ -622,7 +627,8 @@ def main(argv=None) -> int:
     print("\n" + markdown_table(rows))
     ablation = current_rows(read_rows(layout.ablation), args.quick)
     if ablation:
-        base = [r for r in rows if r["seed"] == 0 and r["method"] in ("pp4x_plain", "pp4x_pointdistiller")]
+        base = [r for r in rows if r["seed"] == 0 and r["method"] in (
+            "pp4x_plain", "pp4x_pointdistiller", "second4x_plain", "second4x_pointdistiller")]
         print("\nablation (seed 0):\n" + markdown_table(base + ablation
                                                          + [r for r in rows if r["method"] == "teacher"]))
     png = plot_curves(rows, layout.curves)

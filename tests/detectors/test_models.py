@@ -58,6 +58,16 @@ PAPER_MISMATCH = {
     "configs/second/student_4x_kd.yaml", "configs/second/student_16x_kd.yaml",
     "configs/demo/second_student_4x.yaml", "configs/demo/second_student_4x_kd.yaml",
 }
+# The demo SECOND configs upsample twice as much in the neck as the paper (strides 2 and 4), so that
+# the head sees the paper's 0.4 m cells with the demo's 0.1 m voxels; their count is held against
+# the paper's figure with the paper's neck strides, and apart from the field, the voxels and the neck
+# strides their model sections must be the paper config's.
+DEMO_NECK = {
+    "configs/demo/second_teacher.yaml": "configs/second/teacher.yaml",
+    "configs/demo/second_student_4x.yaml": "configs/second/student_4x.yaml",
+    "configs/demo/second_student_4x_kd.yaml": "configs/second/student_4x_kd.yaml",
+}
+DEMO_FIELD_KEYS = {"point_range", "voxel_size", "max_voxels", "neck_strides"}
 # Small fields (x, y cells) with each config's voxel size: PointPillars 64 x 128 pillars, SECOND
 # 128 x 128 x 41 voxels.
 SMALL_GRID = {"pointpillars": (64, 128), "second": (128, 128)}
@@ -145,9 +155,24 @@ def test_param_count_matches_architecture(path):
                             "PAPER_MISMATCH)")) if p in PAPER_MISMATCH else p
     for p in CONFIGS])
 def test_param_count_vs_paper(path):
-    cfg = load_config(os.path.join(REPO, path))
+    paper_neck = []
+    if path in DEMO_NECK:
+        strides = load_config(os.path.join(REPO, DEMO_NECK[path])).model["neck_strides"]
+        paper_neck = [f"model.neck_strides={list(strides)}"]
+    cfg = load_config(os.path.join(REPO, path), paper_neck)
     params = sum(p.numel() for p in build_detector(cfg.model).parameters())
     assert abs(params / PAPER_PARAMS[path] - 1) <= 0.03, params
+
+
+@pytest.mark.parametrize("path", sorted(DEMO_NECK))
+def test_demo_second_differs_from_the_paper_only_in_field_voxels_and_neck(path):
+    demo = dict(load_config(os.path.join(REPO, path)).model)
+    paper = dict(load_config(os.path.join(REPO, DEMO_NECK[path])).model)
+    assert list(demo["neck_strides"]) == [2, 4] and list(paper["neck_strides"]) == [1, 2]
+    def same(a, b):
+        return list(a) == list(b) if isinstance(a, (list, tuple)) else a == b
+
+    assert {k for k in set(demo) | set(paper) if not same(demo.get(k), paper.get(k))} <= DEMO_FIELD_KEYS
 
 
 @pytest.mark.parametrize("path", CONFIGS)
