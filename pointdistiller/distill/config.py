@@ -44,6 +44,9 @@ class DistillConfig:
     """The ``distill`` config section. Empty lists / None disable a term."""
 
     teacher_mode: Literal["eval", "train"] = "eval"    # train: the authors' BN batch statistics
+    # the distillation losses ramp linearly from 0 to their full weight over the first warmup_iters
+    # training steps (0: full weight from the first step)
+    warmup_iters: int = 0
     local: List[LocalTermConfig] = field(default_factory=list)
     fitnet: List[FeatureTermConfig] = field(default_factory=list)
     attention: List[FeatureTermConfig] = field(default_factory=list)

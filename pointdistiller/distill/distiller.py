@@ -26,6 +26,12 @@ class Distiller(nn.Module):
         super().__init__()
         if config.teacher_mode not in ("eval", "train"):
             raise ValueError(f"distill.teacher_mode must be 'eval' or 'train', got {config.teacher_mode!r}")
+        if not isinstance(config.warmup_iters, int) or isinstance(config.warmup_iters, bool) \
+                or config.warmup_iters < 0:
+            raise ValueError(f"distill.warmup_iters must be a whole number >= 0, got "
+                             f"{config.warmup_iters!r}")
+        # the factor of the distillation losses at the current step (see set_step)
+        self.kd_scale = 1.0
         self.student = student
         self.teacher = [teacher]  # a list keeps it out of parameters(), state_dict() and DDP
         for p in teacher.parameters():
@@ -64,6 +70,13 @@ class Distiller(nn.Module):
         self.teacher_model._apply(fn, recurse)
         return self
 
+    def set_step(self, iteration: int) -> float:
+        """Sets the distillation losses' factor for training step ``iteration`` (0-based):
+        ``(iteration + 1) / warmup_iters`` during the warm-up, then 1. Returns it."""
+        w = self.config.warmup_iters
+        self.kd_scale = 1.0 if w <= 0 else min(1.0, (iteration + 1) / w)
+        return self.kd_scale
+
     def forward(self, batch) -> Tuple[Dict[str, Tensor], Dict[str, float]]:
         """Returns (losses with ``"total"`` = detection + distillation, stats for logging)."""
         with torch.no_grad():
@@ -80,6 +93,10 @@ class Distiller(nn.Module):
                 kd_total = kd_total + loss
                 stats.update({f"{name}_{k}": v for k, v in st.items()})
         losses["det"] = losses["total"]
-        losses["kd"] = kd_total
-        losses["total"] = losses["total"] + kd_total
+        # the kd_* terms are logged at their full weight; "kd" (what the step optimises) carries the
+        # warm-up factor
+        losses["kd"] = kd_total * self.kd_scale if self.kd_scale != 1.0 else kd_total
+        losses["total"] = losses["total"] + losses["kd"]
+        if self.config.warmup_iters > 0:
+            stats["warmup_scale"] = self.kd_scale
         return losses, stats

@@ -342,6 +342,8 @@ class Trainer:
         t = self.train_cfg
         batch = batch.to(self.device)
         self.schedule.apply(self.iteration)
+        if self.distiller is not None:
+            self.distiller.set_step(self.iteration)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
             losses, stats = self.model_for_step(batch)

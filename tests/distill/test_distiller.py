@@ -167,3 +167,37 @@ def test_teacher_runs_its_head_only_for_response_kd(pillars):
     losses_r, _ = with_response(batch)
     assert calls == [False, True]
     assert losses["kd_local0"].item() > 0 and losses_r["kd_response"].item() > 0
+
+
+def test_warmup_scales_the_distillation_gradient(pillars):
+    """warmup_iters = 4: at step 0 the graph layers get a quarter of the full-weight gradient (they
+    see no detection loss, so their gradient is linear in the factor), from step 3 on all of it;
+    the logged terms stay at full weight. Bad values are refused."""
+    teacher, student, batch, _, _ = pillars
+
+    def graph_grads(distiller, step=None):
+        if step is not None:
+            distiller.set_step(step)
+        distiller.train()
+        student.zero_grad(set_to_none=True)
+        distiller.kd_modules().zero_grad(set_to_none=True)
+        torch.manual_seed(0)
+        losses, stats = distiller(batch)
+        losses["total"].backward()
+        return losses, stats, [p.grad.clone() for p in distiller.kd_modules().parameters()]
+
+    cfg = DistillConfig(local=[LocalTermConfig(feature="pfn", num_nodes=400, k=16)], warmup_iters=4)
+    warm = Distiller(student, teacher, cfg, _taps(teacher), _taps(student))
+    assert [warm.set_step(i) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    losses, stats, grads = graph_grads(warm, 0)
+    full_losses, full_stats, ref_grads = graph_grads(warm, 3)
+    assert stats["warmup_scale"] == 0.25 and full_stats["warmup_scale"] == 1.0
+    assert torch.allclose(losses["kd"], 0.25 * losses["kd_local0"])
+    assert torch.allclose(losses["kd_local0"], full_losses["kd_local0"])     # logged at full weight
+    assert torch.allclose(full_losses["kd"], full_losses["kd_local0"])
+    for g, ref in zip(grads, ref_grads):
+        assert torch.allclose(g, 0.25 * ref, rtol=1e-4, atol=1e-8)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="warmup_iters"):
+            Distiller(student, teacher, DistillConfig(local=[LocalTermConfig(feature="pfn")],
+                                                      warmup_iters=bad), _taps(teacher), _taps(student))

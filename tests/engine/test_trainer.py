@@ -85,6 +85,24 @@ def test_distillation_run(tmp_path, synth_root, configs, teacher_ckpt):
     assert set(saved) == set(torch.load(student.final_checkpoint, weights_only=True)["model"])
 
 
+def test_distillation_warmup_ramps_the_kd_loss_by_step(tmp_path, synth_root, configs, teacher_ckpt):
+    """distill.warmup_iters = 4: the step optimises det + (step + 1) / 4 of the distillation terms
+    (the logged kd_* terms stay at full weight); a resumed run continues the ramp at its step."""
+    _train(tmp_path, synth_root, configs, "student_kd.yaml", "warm",
+           ("train.max_iters=3", "distill.warmup_iters=4"), teacher=teacher_ckpt, stop_at=2)
+    _train(tmp_path, synth_root, configs, "student_kd.yaml", "warm",
+           ("train.max_iters=3", "distill.warmup_iters=4"), teacher=teacher_ckpt, resume=True)
+    logged = [json.loads(line) for line in (tmp_path / "warm" / "log.jsonl").read_text().splitlines()]
+    logged = {s["step"]: s for s in logged if "kd" in s}
+    assert sorted(logged) == [1, 2, 3]
+    for step, scale in ((1, 0.25), (2, 0.5), (3, 0.75)):
+        s = logged[step]
+        terms = sum(v for k, v in s.items() if k.startswith("kd_"))
+        assert s["warmup_scale"] == scale
+        assert s["kd"] == pytest.approx(scale * terms, rel=1e-5)
+        assert s["total"] == pytest.approx(s["det"] + scale * terms, rel=1e-5)
+
+
 def test_teacher_checks(tmp_path, synth_root, configs, teacher_ckpt):
     def kd(sub, extra=(), teacher=teacher_ckpt):
         return _train(tmp_path, synth_root, configs, "student_kd.yaml", sub,
