@@ -183,3 +183,25 @@ def test_point_rcnn_teacher_then_distilled_student(tmp_path, synth_root, configs
         _train(tmp_path, synth_root, configs, name="rcnn_student_kd.yaml", sub="mixed",
                extra=("train.max_iters=1", f"teacher.config={configs / 'teacher.yaml'}"))
 
+
+
+def test_a_run_started_before_a_new_config_field_resumes(tmp_path):
+    """A work dir written before distill.warmup_iters (and local[].teacher_graph) existed resumes
+    when the field holds the value that behaves as the run did; any other value is refused."""
+    import yaml
+
+    from pointdistiller.engine.trainer import _check_work_dir
+
+    old = {"model": {"type": "second"}, "train": {"lr": 0.001},
+           "distill": {"teacher_mode": "eval", "local": [{"feature": "backbone.0", "tau": 1.0}]}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    now = {"model": {"type": "second"}, "train": {"lr": 0.001},
+           "distill": {"teacher_mode": "eval", "warmup_iters": 0,
+                       "local": [{"feature": "backbone.0", "tau": 1.0, "teacher_graph": "trained"}]}}
+    _check_work_dir(str(tmp_path), now, resume=True)
+    for changed in ({"warmup_iters": 120}, {"local": [{"feature": "backbone.0", "tau": 1.0,
+                                                        "teacher_graph": "frozen"}]},
+                    {"local": [{"feature": "backbone.0", "tau": 2.0, "teacher_graph": "trained"}]}):
+        other = {**now, "distill": {**now["distill"], **changed}}
+        with pytest.raises(RunError, match="config differs"):
+            _check_work_dir(str(tmp_path), other, resume=True)
