@@ -83,6 +83,7 @@ def test_a_new_field_at_its_neutral_default_keeps_earlier_rows_current():
     assert resolved["distill"]["local"][0]["teacher_graph"] == "trained"
     before = json.loads(json.dumps(resolved))
     del before["distill"]["local"][0]["teacher_graph"]
+    del before["distill"]["warmup_iters"]      # and before distill.warmup_iters existed
     assert fp == bm._hash(before) and bm._hash(resolved) in bm.fingerprints(resolved)
     frozen_fp, frozen = bm.resolve(os.path.join("configs", "demo", "pointpillars_student_4x_kd.yaml"),
                                    ["distill.local=[{feature: pfn, tau: 10.0, teacher_graph: frozen}]"])
