@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from pointdistiller.config import ADDED_FIELDS, without_added_fields
 from pointdistiller.deploy.bundle import sha256_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -252,13 +253,12 @@ def git_commit(paths: Sequence[str], message: str) -> None:
             return
 
 
-# Config fields added after rows were recorded, with the default that reproduces what those rows
-# ran: a resolved config holding the default hashes as if the field did not exist, so adding a
-# field does not make every earlier row stale.
-NEUTRAL_DEFAULTS = {("distill", "local", "teacher_graph"): "trained"}
-# the same for plain fields of a section: rows recorded before ``train.precise_bn`` existed ran
-# without it, i.e. as ``precise_bn: 0``
-NEUTRAL_FIELDS = {("train", "precise_bn"): 0, ("distill", "warmup_iters"): 0}
+# Config fields added after rows were recorded, with the value that reproduces what those rows ran
+# (pointdistiller.config.ADDED_FIELDS): a resolved config holding it hashes as if the field did not
+# exist, so adding a field does not make every earlier row stale. Rows recorded before
+# ``train.precise_bn`` existed ran without it, i.e. as ``precise_bn: 0`` (not its default, so only
+# the rows treat it as neutral, not a resumed run).
+NEUTRAL_FIELDS = {**ADDED_FIELDS, ("train", "precise_bn"): 0}
 
 
 def _hash(resolved: Dict) -> str:
@@ -266,16 +266,7 @@ def _hash(resolved: Dict) -> str:
 
 
 def _without_neutral(resolved: Dict) -> Dict:
-    out = json.loads(json.dumps(resolved))
-    for (section, field_list, name), default in NEUTRAL_DEFAULTS.items():
-        for term in (out.get(section) or {}).get(field_list) or []:
-            if term.get(name) == default:
-                del term[name]
-    for (section, name), default in NEUTRAL_FIELDS.items():
-        block = out.get(section) or {}
-        if name in block and block[name] == default:
-            del block[name]
-    return out
+    return without_added_fields(resolved, NEUTRAL_FIELDS)
 
 
 def fingerprints(resolved: Dict) -> set:

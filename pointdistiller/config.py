@@ -17,6 +17,7 @@ YAML note: floats in exponent form without a dot (``1e-3``) are read as floats h
 reads them as strings).
 """
 import collections.abc
+import copy
 import dataclasses
 import inspect
 import os
@@ -303,6 +304,34 @@ def config_to_dict(cfg: Any) -> Any:
     if isinstance(cfg, (list, tuple)):
         return [config_to_dict(v) for v in cfg]
     return _plain(cfg)
+
+
+# Config fields added after runs were recorded, each with the value under which a config holding it
+# behaves as one written before the field existed: (section, field) of a section, or
+# (section, list, field) of each term of a list. A run started before such a field resumes with the
+# field at that value (trainer), and benchmark rows stay current (bm_kd_synthetic.py).
+ADDED_FIELDS: Dict[Tuple[str, ...], Any] = {
+    ("distill", "warmup_iters"): 0,
+    ("distill", "local", "teacher_graph"): "trained",
+}
+
+
+def without_added_fields(resolved: Any, fields: Dict[Tuple[str, ...], Any] = ADDED_FIELDS) -> Any:
+    """A copy of the plain config dict ``resolved`` (``config_to_dict``, or a work dir's
+    config.yaml) without the ``fields`` that hold their neutral value: the same config as it
+    resolved before those fields existed."""
+    out = copy.deepcopy(resolved)
+    if not isinstance(out, dict):
+        return out
+    for path, neutral in fields.items():
+        section = out.get(path[0])
+        if not isinstance(section, dict):
+            continue
+        blocks = [section] if len(path) == 2 else section.get(path[1]) or []
+        for block in blocks:
+            if isinstance(block, dict) and path[-1] in block and block[path[-1]] == neutral:
+                del block[path[-1]]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------

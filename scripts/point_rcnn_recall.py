@@ -90,7 +90,7 @@ def main(argv=None) -> int:
                 break
     print(f"{frames} val frames; final NMS: score > {rc.score_threshold}, IoU {rc.nms_iou}")
     print("car recall (BEV IoU >= thr), by distance from the sensor:")
-    for (stage, thr, (lo, hi)), (hits, total) in sorted(recall.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
+    for (stage, thr, (lo, hi)), (hits, total) in sorted(recall.items()):
         band = "all" if (lo, hi) == (0.0, float("inf")) else f"{lo:.0f}-{hi:.0f} m"
         print(f"  {stage:<13} IoU {thr}  {band:<9} {hits:>4}/{total:<4} {hits / max(total, 1):.2f}")
     p = np.asarray(pairs).reshape(-1, 3)

@@ -95,7 +95,7 @@ class Distiller(nn.Module):
         losses["det"] = losses["total"]
         # the kd_* terms are logged at their full weight; "kd" (what the step optimises) carries the
         # warm-up factor
-        losses["kd"] = kd_total * self.kd_scale if self.kd_scale != 1.0 else kd_total
+        losses["kd"] = kd_total * self.kd_scale
         losses["total"] = losses["total"] + losses["kd"]
         if self.config.warmup_iters > 0:
             stats["warmup_scale"] = self.kd_scale

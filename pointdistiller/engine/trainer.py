@@ -15,7 +15,6 @@ augmentation of sample i in epoch e depend only on (seed, e, i). Checkpoints rec
 RNG states, and resuming skips exactly the samples already seen, so on CPU an interrupted run that is
 resumed ends with the same weights as an uninterrupted one.
 """
-import copy
 import json
 import math
 import os
@@ -29,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from pointdistiller.config import Config, config_to_dict
+from pointdistiller.config import Config, config_to_dict, without_added_fields
 from pointdistiller.detectors.build import build_detector
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.kitti_tools.fileio import (append_line, atomic_open, atomic_torch_save,
@@ -85,33 +84,6 @@ def resolve_device(name: Optional[str]) -> torch.device:
     return device
 
 
-# Config fields added after runs were started, with the value that behaves as the run did without
-# them: a run whose config.yaml lacks such a field resumes when the field holds that value.
-# (section, field) of a section, or (section, list, field) of each term of a list.
-ADDED_FIELDS = {("distill", "warmup_iters"): 0, ("distill", "local", "teacher_graph"): "trained"}
-
-
-def _without_added_defaults(resolved: Dict, previous: Dict) -> Dict:
-    """``resolved`` less the :data:`ADDED_FIELDS` that ``previous`` lacks and ``resolved`` holds
-    at their neutral value."""
-    out = copy.deepcopy(resolved)
-    for path, neutral in ADDED_FIELDS.items():
-        section, old = out.get(path[0]), (previous or {}).get(path[0])
-        if not isinstance(section, dict) or not isinstance(old, dict):
-            continue
-        if len(path) == 2:
-            if path[1] not in old and section.get(path[1], neutral) == neutral:
-                section.pop(path[1], None)
-            continue
-        terms, old_terms = section.get(path[1]), old.get(path[1])
-        if isinstance(terms, list) and isinstance(old_terms, list) and len(terms) == len(old_terms):
-            for term, old_term in zip(terms, old_terms):
-                if isinstance(term, dict) and isinstance(old_term, dict) and path[2] not in old_term \
-                        and term.get(path[2], neutral) == neutral:
-                    term.pop(path[2], None)
-    return out
-
-
 def _check_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
     """Refuses a work dir that holds another run (or, with ``resume``, a different config)."""
     cfg_path = os.path.join(work_dir, "config.yaml")
@@ -121,7 +93,7 @@ def _check_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
         if not resume:
             raise RunError(f"work dir {work_dir} holds another run ({cfg_path}); pass --resume to "
                            f"continue it or choose another --work-dir (nothing was overwritten)")
-        if previous != resolved and previous != _without_added_defaults(resolved, previous):
+        if without_added_fields(previous) != without_added_fields(resolved):
             raise RunError(f"--resume: the config differs from the one of the run in {work_dir} "
                            f"({cfg_path}); resuming needs the same config")
     elif resume:
