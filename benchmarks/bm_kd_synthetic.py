@@ -443,9 +443,12 @@ def run_student(method: Method, seed: int, results: str, layout: Layout, args) -
                 and other["method"] != "teacher":
             row = {**other, "key": key, "family": method.family, "method": method.name,
                    "label": method.label, "same_run_as": other["key"]}
-            append_row(results, row)
             print(f"{key}: the same run as {other['key']} (3D {row['metrics']['map_3d']:.2f}, "
-                  f"BEV {row['metrics']['map_bev']:.2f})")
+                  f"BEV {row['metrics']['map_bev']:.2f})" + (" (dry run: not recorded)"
+                                                              if args.dry_run else ""))
+            if args.dry_run:
+                return
+            append_row(results, row)
             if args.commit:
                 git_commit([results], f"bm_kd_synthetic: {key} = {other['key']}")
             return

@@ -65,7 +65,11 @@ def test_students_distil_from_the_written_teacher_and_resume(quick_runs):
 def test_a_run_with_the_same_resolved_config_is_reused_and_stale_rows_leave_the_report(quick_runs):
     work, _, _ = quick_runs
     layout = bm.Layout(work)
-    # the ablation "tau 10" resolves to the table's PointDistiller config: the same run
+    # the ablation "tau 10" resolves to the table's PointDistiller config: the same run (a dry run
+    # says so and records nothing)
+    dry = _run(work, "--stage", "ablation", "--only", "abl_pd_tau10/seed0", "--dry-run")
+    assert "the same run as pp4x_pointdistiller/seed0 " in dry and "dry run: not recorded" in dry
+    assert not os.path.exists(layout.ablation) or _rows(layout.ablation) == []
     out = _run(work, "--stage", "ablation", "--only", "abl_pd_tau10/seed0")
     assert "abl_pd_tau10/seed0: the same run as pp4x_pointdistiller/seed0" in out
     (reused,) = _rows(layout.ablation)
