@@ -150,6 +150,12 @@ def _pfn(label: str, name: str, **changes) -> Method:
                f"distill.local=[{{{PFN}, {fields}}}]", seeds=(0,))
 
 
+def _second(loss_weight: float, tau: float = 1.0) -> str:
+    """The two backbone terms of second_student_4x_kd.yaml with another lambda / tau."""
+    return ", ".join(f"{{feature: backbone.{i}, importance: channel_max, num_nodes: 512, k: 128, "
+                     f"tau: {tau}, loss_weight: {loss_weight}}}" for i in (0, 1))
+
+
 # Section 2 of the KD issue: one seed each, PointPillars 4x (the plain student, the paper's
 # PointDistiller and response KD come from the table's seed 0), most informative first.
 ABLATIONS: List[Method] = [
@@ -208,6 +214,20 @@ ABLATIONS: List[Method] = [
         "backbone.0, importance: channel_max, num_nodes: 512, k: 128, tau: 1.0, loss_weight: 2.0, "
         "teacher_graph: frozen}, {feature: backbone.1, importance: channel_max, num_nodes: 512, "
         "k: 128, tau: 1.0, loss_weight: 2.0, teacher_graph: frozen}]", seeds=(0,)),
+    # fourth round (SECOND): lambda 0.2, which puts the first batch's distillation gradient on the
+    # student (1073 at lambda 2) about level with the detection gradient (80), alone and with the
+    # warm-up
+    _kd("abl_second_lambda0p2", "SECOND 4x", "second", "PointDistiller, lambda 0.2",
+        "second_student_4x_kd.yaml", f"distill.local=[{_second(0.2)}]", seeds=(0,)),
+    _kd("abl_second_lambda0p2_warmup120", "SECOND 4x", "second",
+        "PointDistiller, lambda 0.2, KD warm-up 120 steps", "second_student_4x_kd.yaml",
+        "distill.warmup_iters=120", f"distill.local=[{_second(0.2)}]", seeds=(0,)),
+    # the same question on PointPillars (lambda 10 was 13 BEV behind lambda 2 in the first round):
+    # tau 10 with a smaller lambda, and tau 10 with the warm-up
+    _pfn("PointDistiller, tau 10, lambda 0.5", "abl_pd_tau10_lambda0p5", tau=10.0, loss_weight=0.5),
+    _kd("abl_pd_tau10_warmup120", "PointPillars 4x", "pointpillars",
+        "PointDistiller, tau 10, KD warm-up 120 steps", PP4_KD, "distill.warmup_iters=120",
+        seeds=(0,)),
 ]
 
 
