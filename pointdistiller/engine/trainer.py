@@ -42,6 +42,7 @@ from pointdistiller.engine.checkpoint import (FORMAT_VERSION, CheckpointError, l
 from pointdistiller.engine.data import build_loader, resolve_dataset_root
 from pointdistiller.engine.errors import RunError
 from pointdistiller.engine.evaluation import evaluate_detector
+from pointdistiller.engine.health import UnitActivity
 from pointdistiller.engine.precise_bn import bn_buffers, recompute_bn_stats, restore_bn_buffers
 from pointdistiller.engine.schedule import OneCycle
 from pointdistiller.engine.sections import DataConfig, TrainConfig
@@ -397,14 +398,24 @@ class Trainer:
         loader, dataset = build_loader(self.root, self.data, self.cfg.model, t, self.data.val_split,
                                        training=False)
         out_dir = os.path.join(self.work_dir, "results", self.data.val_split)
-        metrics, summary = evaluate_detector(self.student, loader, dataset, out_dir, self.device)
+        # dead ReLU units over the whole val split come for one amax per ReLU output
+        with UnitActivity(self.student) as units:
+            metrics, summary = evaluate_detector(self.student, loader, dataset, out_dir, self.device)
         atomic_write_json(os.path.join(self.work_dir, "eval.json"), metrics)
         self.log(summary)
+        health = units.summary()
+        if health["total"]:
+            worst = sorted(health["layers"].items(), key=lambda kv: -kv[1])[:3]
+            self.log(f"dead ReLU units on {self.data.val_split} (never > 0): {health['dead']} of "
+                     f"{health['total']}" + (" (most in " + ", ".join(f"{n} {d}" for n, d in worst)
+                                            + ")" if worst else ""))
         append_line(os.path.join(self.work_dir, "log.jsonl"),
-                    json.dumps({"step": self.iteration, "eval": metrics}))
+                    json.dumps({"step": self.iteration, "eval": metrics, "units": health}))
         if writer is not None:
             for cls in CLASS_NAMES:
                 for metric in ("3d", "bev"):
                     writer.add_scalar(f"val/{cls}_{metric}_moderate_R40",
                                       metrics["strict"][cls][metric]["R40"][1], self.iteration)
+            if health["total"]:
+                writer.add_scalar("val/dead_relu_units", health["dead"], self.iteration)
         return metrics

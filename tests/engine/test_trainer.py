@@ -27,6 +27,14 @@ def test_training_run_writes_everything(tmp_path, synth_root, configs):
     steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "eval" not in s] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(s["total"])) for s in steps if "total" in s)
+    # the dead-ReLU count of the evaluation, over the model's own nn.ReLU layers
+    units = next(s["units"] for s in steps if "eval" in s)
+    from pointdistiller.config import load_config
+    from pointdistiller.detectors.build import build_detector
+    model = build_detector(load_config(str(run / "config.yaml")).model)
+    relus = {n for n, m in model.named_modules() if isinstance(m, torch.nn.ReLU)}
+    assert 0 <= units["dead"] <= units["total"] and units["total"] > 0
+    assert sum(units["layers"].values()) == units["dead"] and set(units["layers"]) <= relus
 
 
 def test_loss_decreases_over_a_short_run(tmp_path, synth_root, configs):
