@@ -358,6 +358,16 @@ def curve(work_dir: str) -> Tuple[List[List[float]], Dict[str, float]]:
     return points, {k: round(sums[k] / counts[k], 2) for k in sums}
 
 
+def final_units(work_dir: str) -> Optional[List[int]]:
+    """``[dead, total]`` ReLU units of the run's last evaluation (``engine.health``), None for runs
+    from before the trainer counted them."""
+    last = None
+    for row in read_rows(os.path.join(work_dir, "log.jsonl")):
+        if "eval" in row and row.get("units"):
+            last = [row["units"]["dead"], row["units"]["total"]]
+    return last
+
+
 # --------------------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------------------
@@ -514,6 +524,7 @@ def run_student(method: Method, seed: int, results: str, layout: Layout, args) -
            "teacher": teacher.weights if kd else None, "teacher_sha256": teacher_sha,
            "steps": points[-1][0] if points else None, "minutes": round(minutes, 1),
            "metrics": metrics, "curve": points, "effective_weighted": effective,
+           "dead_units": final_units(work),
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
     append_row(results, row)
     print(f"{key}: mAP 3D {metrics['map_3d']:.2f}, BEV {metrics['map_bev']:.2f} in "

@@ -57,6 +57,8 @@ def test_students_distil_from_the_written_teacher_and_resume(quick_runs):
     assert plain["teacher_sha256"] is None and plain["steps"] == 4
     assert kd["teacher_sha256"] == rows["teacher/pointpillars"]["weights_sha256"]
     assert "local0_effective_weighted" in kd["effective_weighted"]
+    dead, total = kd["dead_units"]          # the trainer's count of its last evaluation
+    assert 0 <= dead <= total and total > 0
     again = _run(work, "--stage", "table", "--only", "pp4x_p*", "--seeds", "0")
     assert "pp4x_plain/seed0: done" in again and "pp4x_pointdistiller/seed0: done" in again
     assert len(_rows(layout.table)) == len(rows)
