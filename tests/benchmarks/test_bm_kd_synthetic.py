@@ -95,3 +95,19 @@ def test_a_new_field_at_its_neutral_default_keeps_earlier_rows_current():
                                    ["distill.local=[{feature: pfn, tau: 10.0, teacher_graph: frozen}]"])
     assert frozen["distill"]["local"][0]["teacher_graph"] == "frozen"
     assert frozen_fp != fp and not bm.fingerprints(frozen) & bm.fingerprints(resolved)
+
+
+def test_a_schedule_ablation_shares_its_changed_schedule_and_a_stray_train_override_is_refused(
+        tmp_path):
+    import argparse
+    args = argparse.Namespace(quick=False, dry_run=True, commit=False, work_root=str(tmp_path))
+    layout = bm.Layout(str(tmp_path))
+    plain = bm._kd("x_plain", "PointPillars 4x", "pointpillars", "no KD, lr 1e-4",
+                   "pointpillars_student_4x.yaml", seeds=(0,), schedule=("train.lr=0.0001",))
+    overrides, _, resolved = bm.student_run(plain, 0, quick=False)
+    assert "train.lr=0.0001" in overrides and resolved["train"]["lr"] == 0.0001
+    bm.run_student(plain, 0, layout.ablation, layout, args)         # accepted (dry run: no training)
+    stray = bm._kd("x_stray", "PointPillars 4x", "pointpillars", "lr in the overrides",
+                   "pointpillars_student_4x.yaml", "train.lr=0.0001", seeds=(0,))
+    with pytest.raises(RuntimeError, match="does not share the schedule"):
+        bm.run_student(stray, 0, layout.ablation, layout, args)
