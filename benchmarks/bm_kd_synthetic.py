@@ -392,6 +392,33 @@ def machine() -> str:
     return f"{platform.node()} ({os.cpu_count()} CPUs, {platform.machine()})"
 
 
+def resumable(work: str, resolved: Dict, dry_run: bool) -> bool:
+    """Whether ``work`` holds a run of ``resolved`` to resume (``pd-train --resume``). A work dir
+    that holds a run of another config (an earlier default, a changed schedule) is renamed to
+    ``<work>.stale-<time>`` (nothing is deleted) and the run starts afresh: ``pd-train`` would
+    refuse to resume it."""
+    import yaml
+
+    cfg_path = os.path.join(work, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        return False
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            previous = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        previous = None
+    if isinstance(previous, dict) and without_added_fields(previous) == without_added_fields(resolved):
+        return True
+    stale = f"{work}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"  {work} holds a run of another config: " + ("would move it to " if dry_run else
+                                                          "moved to ") + stale, flush=True)
+    if not dry_run:
+        os.rename(work, stale)
+        if os.path.isfile(work + ".log"):
+            os.rename(work + ".log", stale + ".log")
+    return False
+
+
 def run_teacher(name: str, layout: Layout, args) -> None:
     t = TEACHERS[name]
     key = f"teacher/{name}"
@@ -407,7 +434,7 @@ def run_teacher(name: str, layout: Layout, args) -> None:
     print(f"{key}: training {t.config} in {work}", flush=True)
     cmd = _pd(os.path.join(REPO, t.config), *sum((["--set", o] for o in overrides), []),
               "--work-dir", work)
-    if os.path.isfile(os.path.join(work, "config.yaml")):
+    if resumable(work, resolved, args.dry_run):
         cmd.append("--resume")
     minutes = _run(cmd, work + ".log", args.dry_run)
     if args.dry_run:
@@ -510,7 +537,7 @@ def run_student(method: Method, seed: int, results: str, layout: Layout, args) -
     work = os.path.join(args.work_root, method.name + f"_seed{seed}")
     cmd = _pd(os.path.join(REPO, method.config), *sum((["--set", o] for o in overrides), []),
               "--work-dir", work, *(["--teacher", weights] if kd else []))
-    if os.path.isfile(os.path.join(work, "config.yaml")):
+    if resumable(work, resolved, args.dry_run):
         cmd.append("--resume")
     print(f"{key}: {method.label} ({method.family})", flush=True)
     minutes = _run(cmd, work + ".log", args.dry_run)

@@ -111,3 +111,21 @@ def test_a_schedule_ablation_shares_its_changed_schedule_and_a_stray_train_overr
                    "pointpillars_student_4x.yaml", "train.lr=0.0001", seeds=(0,))
     with pytest.raises(RuntimeError, match="does not share the schedule"):
         bm.run_student(stray, 0, layout.ablation, layout, args)
+
+
+def test_a_work_dir_of_another_config_is_set_aside_not_resumed(quick_runs):
+    work, _, _ = quick_runs
+    # seed 1's work dir holds a run of another config (an earlier default)
+    old = os.path.join(work, "pp4x_plain_seed1")
+    os.makedirs(old)
+    with open(os.path.join(old, "config.yaml"), "w") as f:
+        f.write("model: {type: pointpillars}\ntrain: {lr: 0.123}\n")
+    out = _run(work, "--stage", "table", "--only", "pp4x_plain/*", "--seeds", "1")
+    assert "holds a run of another config" in out
+    stale = [d for d in os.listdir(work) if d.startswith("pp4x_plain_seed1.stale-")
+             and not d.endswith(".log")]
+    assert len(stale) == 1
+    with open(os.path.join(work, stale[0], "config.yaml")) as f:
+        assert "0.123" in f.read()                       # kept as it was
+    rows = {r["key"]: r for r in _rows(bm.Layout(work).table)}
+    assert rows["pp4x_plain/seed1"]["steps"] == 4        # and the run went on afresh
