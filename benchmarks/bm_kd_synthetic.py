@@ -243,6 +243,11 @@ ABLATIONS: List[Method] = [
         "pointpillars_student_4x.yaml", seeds=(0,), schedule=("train.lr=0.0003",)),
     _kd("abl_lr3e-4_pp4x_pointdistiller", "PointPillars 4x", "pointpillars",
         "PointDistiller, lr 3e-4", PP4_KD, seeds=(0,), schedule=("train.lr=0.0003",)),
+    # the same schedule for the SECOND students (its plain seed 0 at lr 1e-3: 53 of 1728 units dead)
+    _kd("abl_lr3e-4_second4x_plain", "SECOND 4x", "second", "no KD, lr 3e-4",
+        "second_student_4x.yaml", seeds=(0,), schedule=("train.lr=0.0003",)),
+    _kd("abl_lr3e-4_second4x_pointdistiller", "SECOND 4x", "second", "PointDistiller, lr 3e-4",
+        "second_student_4x_kd.yaml", seeds=(0,), schedule=("train.lr=0.0003",)),
     # the same question on PointPillars (lambda 10 was 13 BEV behind lambda 2 in the first round):
     # tau 10 with a smaller lambda, and tau 10 with the warm-up
     _pfn("PointDistiller, tau 10, lambda 0.5", "abl_pd_tau10_lambda0p5", tau=10.0, loss_weight=0.5),
