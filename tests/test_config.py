@@ -191,4 +191,5 @@ def test_string_fields_keep_the_text_typed():
     cfg = load_config(KD_CONFIG, [f"teacher.sha256={zeros}", "teacher.config=1e5"])
     assert cfg.teacher.sha256 == zeros and cfg.teacher.config == "1e5"
     # numbers elsewhere stay numbers, and the resolved config holds plain ones
-    assert config_to_dict(cfg)["train"]["lr"] == 0.001 and type(cfg.train.epochs) is int
+    lr = config_to_dict(cfg)["train"]["lr"]
+    assert type(lr) is float and lr == 0.0003 and type(cfg.train.epochs) is int
