@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pointdistiller.config import ADDED_FIELDS, without_added_fields
+from pointdistiller.config import ADDED_FIELDS, same_run_config, without_added_fields
 from pointdistiller.deploy.bundle import sha256_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -347,30 +347,23 @@ def moderate(metrics: Dict) -> Dict:
             "map_bev": sum(per[c]["bev"] for c in CLASSES) / len(CLASSES)}
 
 
-def curve(work_dir: str) -> Tuple[List[List[float]], Dict[str, float]]:
-    """``[[step, mAP 3D, mAP BEV], ...]`` from the run's evaluations, and the mean of every
-    ``*effective_weighted`` statistic of its training log."""
-    points, sums, counts = [], {}, {}
+def curve(work_dir: str) -> Tuple[List[List[float]], Dict[str, float], Optional[List[int]]]:
+    """``[[step, mAP 3D, mAP BEV], ...]`` from the run's evaluations, the mean of every
+    ``*effective_weighted`` statistic of its training log, and ``[dead, total]`` ReLU units of its
+    last evaluation (``engine.health``; None for runs from before the trainer counted them)."""
+    points, sums, counts, units = [], {}, {}, None
     path = os.path.join(work_dir, "log.jsonl")
     for row in read_rows(path):
         if "eval" in row:
             m = moderate(row["eval"])
             points.append([row["step"], round(m["map_3d"], 4), round(m["map_bev"], 4)])
+            if row.get("units"):
+                units = [row["units"]["dead"], row["units"]["total"]]
         for k, v in row.items():
             if k.endswith("effective_weighted"):
                 sums[k] = sums.get(k, 0.0) + float(v)
                 counts[k] = counts.get(k, 0) + 1
-    return points, {k: round(sums[k] / counts[k], 2) for k in sums}
-
-
-def final_units(work_dir: str) -> Optional[List[int]]:
-    """``[dead, total]`` ReLU units of the run's last evaluation (``engine.health``), None for runs
-    from before the trainer counted them."""
-    last = None
-    for row in read_rows(os.path.join(work_dir, "log.jsonl")):
-        if "eval" in row and row.get("units"):
-            last = [row["units"]["dead"], row["units"]["total"]]
-    return last
+    return points, {k: round(sums[k] / counts[k], 2) for k in sums}, units
 
 
 # --------------------------------------------------------------------------------------------------
@@ -412,7 +405,7 @@ def resumable(work: str, resolved: Dict, dry_run: bool) -> bool:
             previous = yaml.safe_load(f)
     except (OSError, yaml.YAMLError):
         previous = None
-    if isinstance(previous, dict) and without_added_fields(previous) == without_added_fields(resolved):
+    if isinstance(previous, dict) and same_run_config(previous, resolved):
         return True
     stale = f"{work}.stale-{time.strftime('%Y%m%d-%H%M%S')}"
     print(f"  {work} holds a run of another config: " + ("would move it to " if dry_run else
@@ -456,7 +449,7 @@ def run_teacher(name: str, layout: Layout, args) -> None:
         metrics = moderate(json.load(f))
     with open(os.path.join(work, "eval.json"), encoding="utf-8") as f:
         fp32 = moderate(json.load(f))
-    points, _ = curve(work)
+    points, _, _ = curve(work)
     row = {"key": key, "family": name, "method": "teacher", "label": "teacher", "seed": 0,
            "config": t.config, "overrides": list(overrides), "fingerprint": fp,
            "steps": points[-1][0] if points else None, "minutes": round(minutes, 1),
@@ -550,13 +543,13 @@ def run_student(method: Method, seed: int, results: str, layout: Layout, args) -
         return
     with open(os.path.join(work, "eval.json"), encoding="utf-8") as f:
         metrics = moderate(json.load(f))
-    points, effective = curve(work)
+    points, effective, units = curve(work)
     row = {"key": key, "family": method.family, "method": method.name, "label": method.label,
            "seed": seed, "config": method.config, "overrides": list(overrides), "fingerprint": fp,
            "teacher": teacher.weights if kd else None, "teacher_sha256": teacher_sha,
            "steps": points[-1][0] if points else None, "minutes": round(minutes, 1),
            "metrics": metrics, "curve": points, "effective_weighted": effective,
-           "dead_units": final_units(work),
+           "dead_units": units,
            "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
     append_row(results, row)
     print(f"{key}: mAP 3D {metrics['map_3d']:.2f}, BEV {metrics['map_bev']:.2f} in "

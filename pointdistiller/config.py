@@ -334,6 +334,13 @@ def without_added_fields(resolved: Any, fields: Dict[Tuple[str, ...], Any] = ADD
     return out
 
 
+def same_run_config(previous: Any, resolved: Any) -> bool:
+    """Whether a work dir's config.yaml (``previous``) describes the run of ``resolved``: equal
+    once the :data:`ADDED_FIELDS` at their neutral value are left out (``pd-train --resume``'s
+    check, and bm_kd_synthetic's choice between resuming a work dir and setting it aside)."""
+    return without_added_fields(previous) == without_added_fields(resolved)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Type-hint driven validation
 

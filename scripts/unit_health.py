@@ -50,9 +50,8 @@ def main(argv=None) -> int:
             seen += len(batch.frame_ids)
             if seen >= args.frames:
                 break
-    per = units.dead()
-    total_dead = sum(d for d, _ in per.values())
-    total = sum(t for _, t in per.values())
+    per, summary = units.dead(), units.summary()
+    total_dead, total = summary["dead"], summary["total"]
     print(f"{args.checkpoint}: {seen} {split} frames, eval mode")
     print(f"{'layer':60s} {'dead':>6s} {'units':>6s}")
     for name, (dead, n) in per.items():

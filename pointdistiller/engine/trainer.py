@@ -28,7 +28,7 @@ import torch
 import yaml
 from torch import nn
 
-from pointdistiller.config import Config, config_to_dict, without_added_fields
+from pointdistiller.config import Config, config_to_dict, same_run_config
 from pointdistiller.detectors.build import build_detector
 from pointdistiller.kitti_tools.classes import CLASS_NAMES
 from pointdistiller.kitti_tools.fileio import (append_line, atomic_open, atomic_torch_save,
@@ -94,7 +94,7 @@ def _check_work_dir(work_dir: str, resolved: Dict, resume: bool) -> None:
         if not resume:
             raise RunError(f"work dir {work_dir} holds another run ({cfg_path}); pass --resume to "
                            f"continue it or choose another --work-dir (nothing was overwritten)")
-        if without_added_fields(previous) != without_added_fields(resolved):
+        if not same_run_config(previous, resolved):
             raise RunError(f"--resume: the config differs from the one of the run in {work_dir} "
                            f"({cfg_path}); resuming needs the same config")
     elif resume:
