@@ -9,7 +9,9 @@ and ``scripts/unit_health.py`` prints them per layer for a checkpoint.
 
 The channel of a ReLU output is its dimension 1: ``[N, C]`` point/voxel/RoI features (also the
 feature matrix of a sparse tensor), ``[B, C, L]`` and ``[B, C, H, W]`` maps. Outputs with fewer
-than two dimensions are skipped.
+than two dimensions are skipped. A ReLU module applied at several widths is reported once per width
+(``name[C]``); one applied twice at the same width counts as one layer (our detectors apply each
+module once per forward).
 """
 from typing import Dict, List, Tuple
 
@@ -29,7 +31,7 @@ class UnitActivity:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self._fired: Dict[str, Tensor] = {}
+        self._fired: Dict[Tuple[str, int], Tensor] = {}     # (module name, width) -> fired
         self._handles: List = []
 
     def __enter__(self) -> "UnitActivity":
@@ -49,16 +51,21 @@ class UnitActivity:
                 return
             with torch.no_grad():
                 fired = output.detach().transpose(0, 1).reshape(output.shape[1], -1).amax(dim=1) > 0
-            seen = self._fired.get(name)
-            if seen is None or seen.numel() != fired.numel():
-                self._fired[name] = fired.cpu()
+            key = (name, fired.numel())
+            if key in self._fired:
+                self._fired[key] |= fired.cpu()
             else:
-                seen |= fired.cpu()
+                self._fired[key] = fired.cpu()
         return record
 
     def dead(self) -> Dict[str, Tuple[int, int]]:
-        """``{layer: (dead units, units)}`` for every ReLU that saw an input, in module order."""
-        return {name: (int((~fired).sum()), int(fired.numel())) for name, fired in self._fired.items()}
+        """``{layer: (dead units, units)}`` for every ReLU that saw an input, in the order of
+        their first call."""
+        widths: Dict[str, int] = {}
+        for name, _ in self._fired:
+            widths[name] = widths.get(name, 0) + 1
+        return {(name if widths[name] == 1 else f"{name}[{c}]"): (int((~fired).sum()), c)
+                for (name, c), fired in self._fired.items()}
 
     def summary(self) -> Dict:
         """``{"dead": n, "total": m, "layers": {layer: dead}}`` (layers with a dead unit only)."""

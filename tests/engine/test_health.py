@@ -62,3 +62,12 @@ def test_a_model_without_relu_reports_nothing():
     with UnitActivity(model) as units:
         model(torch.rand(4, 3))
     assert units.summary() == {"dead": 0, "total": 0, "layers": {}}
+
+
+def test_a_module_applied_at_two_widths_is_counted_per_width():
+    relu = nn.ReLU()
+    with UnitActivity(nn.Sequential(relu)) as units:
+        relu(torch.tensor([[1.0, -1.0, 2.0]]))                 # 3 channels, channel 1 dead
+        relu(torch.tensor([[-1.0, -1.0, 1.0, 1.0, 1.0]]))      # 5 channels, channels 0-1 dead
+        relu(torch.tensor([[-1.0, 3.0, -1.0]]))                # the 3-wide call again: 1 fires
+    assert units.dead() == {"0[3]": (0, 3), "0[5]": (2, 5)}
