@@ -12,7 +12,7 @@ import torch
 
 from pointdistiller.engine.errors import RunError
 
-from trainer_runs import train as _train
+from trainer_runs import REPO, train as _train
 
 def test_training_run_writes_everything(tmp_path, synth_root, configs):
     result = _train(tmp_path, synth_root, configs, extra=("train.max_iters=3",))
@@ -213,3 +213,29 @@ def test_a_run_started_before_a_new_config_field_resumes(tmp_path):
         other = {**now, "distill": {**now["distill"], **changed}}
         with pytest.raises(RunError, match="config differs"):
             _check_work_dir(str(tmp_path), other, resume=True)
+
+
+def test_kd_probe_trains_only_the_distillation_modules(tmp_path, synth_root, configs, teacher_ckpt):
+    """scripts/kd_probe.py: the graph layers learn against the cached outputs of a frozen student;
+    student and teacher weights stay what their checkpoints hold."""
+    sys.path.insert(0, os.path.join(REPO, "scripts"))
+    import kd_probe
+
+    student = _train(tmp_path, synth_root, configs, "student.yaml", "plain", ("train.max_iters=1",))
+    distiller, rows = kd_probe.probe(str(configs / "student_kd.yaml"), (f"data.root={synth_root}",),
+                                     student.final_checkpoint, teacher_ckpt, batches=2, steps=6,
+                                     lr=0.01, report_every=3, log=lambda *_: None)
+    assert [step for step, _ in rows] == [0, 3, 6]
+    assert all(set(losses) == {"local0"} for _, losses in rows)
+    assert rows[-1][1]["local0"] < rows[0][1]["local0"]
+    # (the student runs in train mode, as in a training step: its BN running statistics move, its
+    # parameters must not; the teacher runs in eval mode, so nothing of it moves)
+    for model, ckpt, keys in ((distiller.student, student.final_checkpoint,
+                               dict(distiller.student.named_parameters())),
+                              (distiller.teacher_model, teacher_ckpt, None)):
+        saved = torch.load(ckpt, weights_only=True)["model"]
+        now = model.state_dict()
+        assert all(torch.equal(now[k].float(), saved[k].float()) for k in (keys or saved)), ckpt
+    # a config without a distill section is refused with its name
+    with pytest.raises(RunError, match="no distill section"):
+        kd_probe.probe(str(configs / "student.yaml"), (f"data.root={synth_root}",))
