@@ -121,7 +121,7 @@ def decode_detections(cls_logits: Tensor, box_deltas: Tensor, dir_logits: Tensor
 
 
 def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float,
-                   max_detections: int) -> Detections:
+                   max_detections: int, class_agnostic: bool = False) -> Detections:
     """Final detections of one sample from scored, labelled candidates: per class (ascending),
     rotated BEV NMS (``pointdistiller.ops.iou3d.nms_bev``) over that class's rows in row order;
     the survivors of all classes sorted by score (stable, so class order breaks ties) and the
@@ -131,12 +131,15 @@ def class_wise_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold:
         boxes: ``[n, 7]`` float32 LiDAR boxes; scores: ``[n]`` float32; labels: ``[n]`` int64.
         iou_threshold: BEV IoU above which the lower-scored box of a class is removed.
         max_detections: boxes kept.
+        class_agnostic: one NMS over all rows whatever their label (a box suppresses an
+            overlapping lower-scored box of any class; each keeps its label).
     """
     from pointdistiller.ops.iou3d import nms_bev
 
     kept = []
-    for k in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == k).squeeze(1)
+    groups = torch.zeros_like(labels) if class_agnostic else labels
+    for k in torch.unique(groups).tolist():
+        rows = torch.nonzero(groups == k).squeeze(1)
         kept.append(rows[nms_bev(boxes[rows].contiguous(), scores[rows].contiguous(),
                                  iou_threshold)])
     if not kept:

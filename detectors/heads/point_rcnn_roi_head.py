@@ -53,6 +53,8 @@ class RoIHeadConfig(ConfigBlock):
         cls_fg_iou, cls_bg_iou: soft IoU label 1 above / 0 below, linear between.
         nms_iou, score_threshold, max_detections: test-time rotated BEV NMS per class, minimum
             score (exclusive), boxes kept per sample.
+        nms_class_agnostic: one test-time NMS over the RoIs of all classes instead of one per
+            class (OpenPCDet's PointRCNN: ``MULTI_CLASSES_NMS: False``).
         bn_eps: BatchNorm epsilon of the SA levels and branches (mmcv's BN default).
         smooth_l1_beta: transition point of the box loss.
         corner_delta: Huber transition of the corner loss, metres.
@@ -78,6 +80,7 @@ class RoIHeadConfig(ConfigBlock):
     nms_iou: float = 0.1
     score_threshold: float = 0.1
     max_detections: int = 100
+    nms_class_agnostic: bool = False
     bn_eps: float = 1e-5
     smooth_l1_beta: float = 1.0 / 9.0
     corner_delta: float = 1.0
@@ -387,7 +390,8 @@ class PointRCNNRoIHead(nn.Module):
     def predict(self, out: RoIOutput) -> List[Detections]:
         """Final detections, one :class:`Detections` per sample (empty ones included): refined
         boxes decoded to the LiDAR frame, score ``sigmoid(cls)``, label the RoI's RPN class; per
-        class, boxes with score > ``score_threshold`` go through rotated BEV NMS (``nms_iou``);
+        class (or over all classes at once, ``nms_class_agnostic``), boxes with score >
+        ``score_threshold`` go through rotated BEV NMS (``nms_iou``);
         the survivors sorted by score (stable, class order breaks ties), at most
         ``max_detections``. Boxes that decode to non-finite values are dropped."""
         self._check_output("predict", out)
@@ -399,5 +403,6 @@ class PointRCNNRoIHead(nn.Module):
             start, end = int(out.roi_offsets[b]), int(out.roi_offsets[b + 1])
             rows = start + torch.nonzero(valid[start:end]).squeeze(1)
             results.append(class_wise_nms(boxes[rows], scores[rows], out.roi_labels[rows],
-                                          self.cfg.nms_iou, self.cfg.max_detections))
+                                          self.cfg.nms_iou, self.cfg.max_detections,
+                                          self.cfg.nms_class_agnostic))
         return results

@@ -290,6 +290,33 @@ def test_head_predicts_detections_after_nms():
     assert [len(d) for d in capped.predict(out)] == [1, 0]
 
 
+def test_class_agnostic_nms_suppresses_across_classes():
+    """Each cluster of RoIs around a box mixes two labels: class-wise NMS keeps a box of each label
+    where they overlap, class-agnostic NMS one box of either (greedy over all candidates), each
+    with its own RoI's label."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    head = PointRCNNRoIHead(8, _small_config(score_threshold=0.3)).eval()
+    xyz, features, scores, offsets, proposals, _ = _scene((30, 0))
+    with torch.no_grad():
+        head.cls_out.bias.fill_(0.0)
+        head.cls_out.weight.normal_(std=1.0)
+    out = head(xyz, features, scores, offsets, proposals)
+    out = dataclasses.replace(out, roi_labels=torch.arange(30) % 2)    # labels 0 and 1 in each cluster
+    agnostic = PointRCNNRoIHead(8, _small_config(score_threshold=0.3, nms_class_agnostic=True)).eval()
+    agnostic.load_state_dict(head.state_dict())
+    wise, agn = head.predict(out)[0], agnostic.predict(out)[0]
+    boxes = decode_roi_boxes(out.rois, out.reg)
+    probs = torch.sigmoid(out.cls[:, 0])
+    cand = probs > 0.3
+    _greedy_nms_ok(agn, boxes[cand], probs[cand], 0.1)
+    assert 0 < len(agn) < len(wise) and set(wise.labels.tolist()) == {0, 1}
+    for box, label in zip(agn.boxes, agn.labels):
+        row = int(torch.nonzero((boxes == box).all(dim=1))[0])
+        assert int(out.roi_labels[row]) == int(label)
+
+
 def test_head_with_empty_rois_and_without_rois():
     torch.manual_seed(0)
     head = PointRCNNRoIHead(8, _small_config())
