@@ -129,6 +129,11 @@ METHODS: List[Method] = [
         "distill.attention=[{feature: pfn, loss_weight: 1.0}]"),
     _kd("pp4x_response", "PointPillars 4x", "pointpillars", "response KD", PP4_KD, NO_LOCAL,
         "distill.response={cls_weight: 1.0, box_weight: 1.0, temperature: 1.0}"),
+    # the teacher's graph layer frozen at its initialisation: with both graph layers trained, the
+    # pair alone drives the loss below what a run ends at, for a random student too (kd_probe.py)
+    _kd("pp4x_pointdistiller_frozen", "PointPillars 4x", "pointpillars",
+        "PointDistiller, teacher graph frozen", PP4_KD, "distill.local=[{feature: pfn, importance: "
+        "num_points, num_nodes: 6000, k: 128, tau: 10.0, loss_weight: 2.0, teacher_graph: frozen}]"),
     _kd("pp16x_plain", "PointPillars 16x", "pointpillars", "no KD", "pointpillars_student_16x.yaml"),
     _kd("pp16x_pointdistiller", "PointPillars 16x", "pointpillars", "PointDistiller",
         "pointpillars_student_16x_kd.yaml"),
