@@ -119,7 +119,11 @@ def _kd(name, family, teacher, label, config, *overrides, seeds=None, schedule=(
 
 
 PP4_KD = "pointpillars_student_4x_kd.yaml"
+# the students' schedule until lr 3e-4 became the default (README, "The students' learning rate")
+LR_1E3 = ("train.lr=0.001",)
 NO_LOCAL = "distill.local=[]"
+TRAINED_PFN = ("distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, "
+               "tau: 10.0, loss_weight: 2.0, teacher_graph: trained}]")
 METHODS: List[Method] = [
     _kd("pp4x_plain", "PointPillars 4x", "pointpillars", "no KD", "pointpillars_student_4x.yaml"),
     _kd("pp4x_pointdistiller", "PointPillars 4x", "pointpillars", "PointDistiller", PP4_KD),
@@ -129,14 +133,17 @@ METHODS: List[Method] = [
         "distill.attention=[{feature: pfn, loss_weight: 1.0}]"),
     _kd("pp4x_response", "PointPillars 4x", "pointpillars", "response KD", PP4_KD, NO_LOCAL,
         "distill.response={cls_weight: 1.0, box_weight: 1.0, temperature: 1.0}"),
-    # the teacher's graph layer frozen at its initialisation: with both graph layers trained, the
-    # pair alone drives the loss below what a run ends at, for a random student too (kd_probe.py)
-    _kd("pp4x_pointdistiller_frozen", "PointPillars 4x", "pointpillars",
-        "PointDistiller, teacher graph frozen", PP4_KD, "distill.local=[{feature: pfn, importance: "
-        "num_points, num_nodes: 6000, k: 128, tau: 10.0, loss_weight: 2.0, teacher_graph: frozen}]"),
+    # the paper's recipe, the table's PointDistiller until the frozen teacher graph (now the demo
+    # configs' default) beat it on 3 seeds: both graph layers trained, which lets the pair alone
+    # drive the loss below what a run ends at, for a random student too (kd_probe.py)
+    _kd("pp4x_pointdistiller_trained", "PointPillars 4x", "pointpillars",
+        "PointDistiller, teacher graph trained (the paper's)", PP4_KD, TRAINED_PFN),
     _kd("pp16x_plain", "PointPillars 16x", "pointpillars", "no KD", "pointpillars_student_16x.yaml"),
     _kd("pp16x_pointdistiller", "PointPillars 16x", "pointpillars", "PointDistiller",
         "pointpillars_student_16x_kd.yaml"),
+    _kd("pp16x_pointdistiller_trained", "PointPillars 16x", "pointpillars",
+        "PointDistiller, teacher graph trained (the paper's)", "pointpillars_student_16x_kd.yaml",
+        TRAINED_PFN),
     _kd("second4x_plain", "SECOND 4x", "second", "no KD", "second_student_4x.yaml"),
     _kd("second4x_pointdistiller", "SECOND 4x", "second", "PointDistiller",
         "second_student_4x_kd.yaml"),
@@ -201,45 +208,45 @@ ABLATIONS: List[Method] = [
     # the paper's tau, the table's PointDistiller until the first round made tau 10 the default
     _pfn("PointDistiller, tau 0.01 (the paper's)", "abl_pd_tau0p01", tau=0.01),
     # SECOND 4x: the paper's tau (1e-4), against the table's tau 1 (second_student_4x_kd.yaml)
-    _kd("abl_second_tau1e-4", "SECOND 4x", "second", "PointDistiller, tau 1e-4 (the paper's)",
+    _kd("abl_second_tau1e-4", "SECOND 4x", "second", "PointDistiller, tau 1e-4 (the paper's), lr 1e-3",
         "second_student_4x_kd.yaml", "distill.local=[{feature: backbone.0, importance: channel_max, "
         "num_nodes: 512, k: 128, tau: 1.0e-4, loss_weight: 2.0}, {feature: backbone.1, importance: "
-        "channel_max, num_nodes: 512, k: 128, tau: 1.0e-4, loss_weight: 2.0}]", seeds=(0,)),
+        "channel_max, num_nodes: 512, k: 128, tau: 1.0e-4, loss_weight: 2.0}]", seeds=(0,), schedule=LR_1E3),
     # the control after the table's PointDistiller fell far behind plain on seed 0 (2.74 against
     # 20.66 BEV): the whole distillation pipeline (teacher, graph layers, optimiser) with lambda 0
-    _kd("abl_second_lambda0", "SECOND 4x", "second", "PointDistiller pipeline, lambda 0",
+    _kd("abl_second_lambda0", "SECOND 4x", "second", "PointDistiller pipeline, lambda 0, lr 1e-3",
         "second_student_4x_kd.yaml", "distill.local=[{feature: backbone.0, importance: channel_max, "
         "num_nodes: 512, k: 128, tau: 1.0, loss_weight: 0.0}, {feature: backbone.1, importance: "
-        "channel_max, num_nodes: 512, k: 128, tau: 1.0, loss_weight: 0.0}]", seeds=(0,)),
+        "channel_max, num_nodes: 512, k: 128, tau: 1.0, loss_weight: 0.0}]", seeds=(0,), schedule=LR_1E3),
     # the cause measured on the first batches: the distillation gradient on the student is 13x the
     # detection gradient (1073 against 80), then the local loss collapses to ~0 within 40 steps;
     # the same term with its weight ramped up over the first epoch (120 steps)
-    _kd("abl_second_warmup120", "SECOND 4x", "second", "PointDistiller, KD warm-up 120 steps",
-        "second_student_4x_kd.yaml", "distill.warmup_iters=120", seeds=(0,)),
+    _kd("abl_second_warmup120", "SECOND 4x", "second", "PointDistiller, KD warm-up 120 steps, lr 1e-3",
+        "second_student_4x_kd.yaml", "distill.warmup_iters=120", seeds=(0,), schedule=LR_1E3),
     # with the warm-up the local loss still falls to ~0 within 40-80 steps (the trained pair of
     # graph layers agreeing on a constant) and its gradient on the student at step 480 is 0.005
     # against the detection loss's 1-2: a fixed teacher graph keeps a target to match
     _kd("abl_second_warmup120_frozen_tgraph", "SECOND 4x", "second",
-        "PointDistiller, KD warm-up 120 steps, teacher's graph layer frozen",
+        "PointDistiller, KD warm-up 120 steps, teacher's graph layer frozen, lr 1e-3",
         "second_student_4x_kd.yaml", "distill.warmup_iters=120", "distill.local=[{feature: "
         "backbone.0, importance: channel_max, num_nodes: 512, k: 128, tau: 1.0, loss_weight: 2.0, "
         "teacher_graph: frozen}, {feature: backbone.1, importance: channel_max, num_nodes: 512, "
-        "k: 128, tau: 1.0, loss_weight: 2.0, teacher_graph: frozen}]", seeds=(0,)),
+        "k: 128, tau: 1.0, loss_weight: 2.0, teacher_graph: frozen}]", seeds=(0,), schedule=LR_1E3),
     # fourth round (SECOND): lambda 0.2, which puts the first batch's distillation gradient on the
     # student (1073 at lambda 2) about level with the detection gradient (80), alone and with the
     # warm-up
-    _kd("abl_second_lambda0p2", "SECOND 4x", "second", "PointDistiller, lambda 0.2",
-        "second_student_4x_kd.yaml", f"distill.local=[{_second(0.2)}]", seeds=(0,)),
+    _kd("abl_second_lambda0p2", "SECOND 4x", "second", "PointDistiller, lambda 0.2, lr 1e-3",
+        "second_student_4x_kd.yaml", f"distill.local=[{_second(0.2)}]", seeds=(0,), schedule=LR_1E3),
     _kd("abl_second_lambda0p2_warmup120", "SECOND 4x", "second",
-        "PointDistiller, lambda 0.2, KD warm-up 120 steps", "second_student_4x_kd.yaml",
-        "distill.warmup_iters=120", f"distill.local=[{_second(0.2)}]", seeds=(0,)),
+        "PointDistiller, lambda 0.2, KD warm-up 120 steps, lr 1e-3", "second_student_4x_kd.yaml",
+        "distill.warmup_iters=120", f"distill.local=[{_second(0.2)}]", seeds=(0,), schedule=LR_1E3),
     # lambda 0.2 (18.43 BEV) ends level with plain: the trained pair still collapses (local loss
     # 0.006 at step 130), so the term falls silent; a fixed teacher graph keeps its target, and at
     # lambda 0.2 (a tenth of the run that detected nothing) it need not dominate detection
     _kd("abl_second_lambda0p2_warmup120_frozen_tgraph", "SECOND 4x", "second",
-        "PointDistiller, lambda 0.2, KD warm-up 120 steps, teacher's graph layer frozen",
+        "PointDistiller, lambda 0.2, KD warm-up 120 steps, teacher's graph layer frozen, lr 1e-3",
         "second_student_4x_kd.yaml", "distill.warmup_iters=120",
-        f"distill.local=[{_second(0.2, frozen=True)}]", seeds=(0,)),
+        f"distill.local=[{_second(0.2, frozen=True)}]", seeds=(0,), schedule=LR_1E3),
     # fifth round: the students' schedule. The final plain 4x students hold 0-80 dead units (ReLU
     # channels that never fire on 4 val scenes) of 1472, the distilled ones 9-29, and the plain
     # seed with none is the best plain seed; the one-cycle peak (10 x lr = 0.01) is mmdetection3d's
@@ -247,12 +254,17 @@ ABLATIONS: List[Method] = [
     _kd("abl_lr3e-4_pp4x_plain", "PointPillars 4x", "pointpillars", "no KD, lr 3e-4",
         "pointpillars_student_4x.yaml", seeds=(0,), schedule=("train.lr=0.0003",)),
     _kd("abl_lr3e-4_pp4x_pointdistiller", "PointPillars 4x", "pointpillars",
-        "PointDistiller, lr 3e-4", PP4_KD, seeds=(0,), schedule=("train.lr=0.0003",)),
+        "PointDistiller, lr 3e-4", PP4_KD, TRAINED_PFN, seeds=(0,), schedule=("train.lr=0.0003",)),
     # the same schedule for the SECOND students (its plain seed 0 at lr 1e-3: 53 of 1728 units dead)
     _kd("abl_lr3e-4_second4x_plain", "SECOND 4x", "second", "no KD, lr 3e-4",
         "second_student_4x.yaml", seeds=(0,), schedule=("train.lr=0.0003",)),
     _kd("abl_lr3e-4_second4x_pointdistiller", "SECOND 4x", "second", "PointDistiller, lr 3e-4",
         "second_student_4x_kd.yaml", seeds=(0,), schedule=("train.lr=0.0003",)),
+    # the SECOND table's runs at lr 1e-3, the reference of the SECOND ablations above
+    _kd("abl_lr1e-3_second4x_plain", "SECOND 4x", "second", "no KD, lr 1e-3",
+        "second_student_4x.yaml", seeds=(0,), schedule=LR_1E3),
+    _kd("abl_lr1e-3_second4x_pointdistiller", "SECOND 4x", "second", "PointDistiller, lr 1e-3",
+        "second_student_4x_kd.yaml", seeds=(0,), schedule=LR_1E3),
     # SECOND at lr 3e-4: lambda 2 with trained graphs ends 12 BEV behind plain (22.43 against
     # 34.74); lambda 0.2 with the teacher's graph layers fixed keeps a target the pair cannot agree
     # away (kd_probe: 4.66 / 0.45 left for a random student) at a tenth of the gradient
@@ -264,7 +276,7 @@ ABLATIONS: List[Method] = [
     _pfn("PointDistiller, tau 10, lambda 0.5", "abl_pd_tau10_lambda0p5", tau=10.0, loss_weight=0.5),
     _kd("abl_pd_tau10_warmup120", "PointPillars 4x", "pointpillars",
         "PointDistiller, tau 10, KD warm-up 120 steps", PP4_KD, "distill.warmup_iters=120",
-        seeds=(0,)),
+        TRAINED_PFN, seeds=(0,)),
 ]
 
 
@@ -490,12 +502,15 @@ def student_run(method: Method, seed: int, quick: bool) -> Tuple[Tuple[str, ...]
 
 def current_rows(rows: List[Dict], quick: bool = False) -> List[Dict]:
     """The rows that still describe their method: a row whose method's config (or the method's
-    overrides) changed since it ran is left out of the report."""
+    overrides) changed since it ran, or whose method is no longer defined (its runs live on under
+    the method that reused them), is left out of the report."""
     methods = {m.name: m for m in METHODS + ABLATIONS}
     cache: Dict[Tuple[str, int], set] = {}
     out = []
     for row in rows:
         method = methods.get(row["method"])
+        if method is None and row["method"] != "teacher":
+            continue
         if method is not None:
             k = (method.name, row["seed"])
             if k not in cache:
@@ -592,22 +607,37 @@ def summarize(rows: List[Dict]) -> List[Dict]:
         if row["method"] != "teacher":
             by_method.setdefault(row["method"], []).append(row)
     order = [m.name for m in METHODS + ABLATIONS] + sorted(by_method)
+    methods = {m.name: m for m in METHODS + ABLATIONS}
+    schedules: Dict[str, str] = {}
+
+    def schedule_of(name: str) -> Optional[str]:
+        """The method's shared schedule (data and train sections): a distilled run is compared
+        with the plain run of its own schedule, e.g. an lr-1e-3 ablation with the lr-1e-3 plain."""
+        if name not in methods:
+            return None
+        if name not in schedules:
+            m = methods[name]
+            resolved = resolve(m.config, m.schedule + m.overrides)[1]
+            schedules[name] = json.dumps(shared_schedule(resolved), sort_keys=True)
+        return schedules[name]
+
     out, plain = [], {}
     for name in dict.fromkeys(order):
         runs = by_method.get(name)
         if not runs:
             continue
-        entry = {"method": name, "label": runs[0]["label"], "family": runs[0]["family"],
+        label = methods[name].label if name in methods else runs[0]["label"]
+        entry = {"method": name, "label": label, "family": runs[0]["family"],
                  "seeds": sorted(r["seed"] for r in runs),
                  "3d": [r["metrics"]["map_3d"] for r in runs],
                  "bev": [r["metrics"]["map_bev"] for r in runs],
                  "minutes": _mean_std([r["minutes"] for r in runs])[0],
                  "effective_weighted": runs[0].get("effective_weighted") or {}}
         if name.endswith("_plain"):
-            plain[entry["family"]] = entry
+            plain.setdefault((entry["family"], schedule_of(name)), entry)
         out.append(entry)
     for entry in out:
-        base = plain.get(entry["family"])
+        base = plain.get((entry["family"], schedule_of(entry["method"])))
         teacher_family = next((m.teacher for m in METHODS + ABLATIONS if m.name == entry["method"]), None)
         teacher = teachers.get(teacher_family)
         entry["teacher_bev"] = teacher["metrics"]["map_bev"] if teacher else None

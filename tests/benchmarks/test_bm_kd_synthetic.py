@@ -67,25 +67,29 @@ def test_students_distil_from_the_written_teacher_and_resume(quick_runs):
 def test_a_run_with_the_same_resolved_config_is_reused_and_stale_rows_leave_the_report(quick_runs):
     work, _, _ = quick_runs
     layout = bm.Layout(work)
-    # the ablation "tau 10" resolves to the table's PointDistiller config: the same run (a dry run
-    # says so and records nothing)
+    # the ablation "tau 10" resolves to the table's PointDistiller with the paper's trained teacher
+    # graph: the same run (a dry run says so and records nothing)
     dry = _run(work, "--stage", "ablation", "--only", "abl_pd_tau10/seed0", "--dry-run")
-    assert "the same run as pp4x_pointdistiller/seed0 " in dry and "dry run: not recorded" in dry
+    assert "the same run as pp4x_pointdistiller_trained/seed0 " in dry and "dry run: not recorded" in dry
     assert not os.path.exists(layout.ablation) or _rows(layout.ablation) == []
     out = _run(work, "--stage", "ablation", "--only", "abl_pd_tau10/seed0")
-    assert "abl_pd_tau10/seed0: the same run as pp4x_pointdistiller/seed0" in out
+    assert "abl_pd_tau10/seed0: the same run as pp4x_pointdistiller_trained/seed0" in out
     (reused,) = _rows(layout.ablation)
-    assert reused["same_run_as"] == "pp4x_pointdistiller/seed0"
+    assert reused["same_run_as"] == "pp4x_pointdistiller_trained/seed0"
     # a row whose config no longer matches its method is left out of the report
     rows = _rows(layout.table)
     stale = {**rows[-1], "fingerprint": "0" * 16}
-    kept = bm.current_rows(rows + [stale], quick=True)
-    assert stale not in kept and rows[-1] in kept
+    # and so is a row of a method that no longer exists; teacher rows stay
+    retired = {**rows[-1], "method": "pp4x_retired_method"}
+    kept = bm.current_rows(rows + [stale, retired], quick=True)
+    assert stale not in kept and retired not in kept and rows[-1] in kept
+    assert any(r["method"] == "teacher" for r in kept)
 
 
 def test_a_new_field_at_its_neutral_default_keeps_earlier_rows_current():
     # rows recorded before distill.local[].teacher_graph existed hashed configs without it
-    fp, resolved = bm.resolve(os.path.join("configs", "demo", "pointpillars_student_4x_kd.yaml"), [])
+    fp, resolved = bm.resolve(os.path.join("configs", "demo", "pointpillars_student_4x_kd.yaml"),
+                              ["distill.local=[{feature: pfn, tau: 10.0}]"])
     assert resolved["distill"]["local"][0]["teacher_graph"] == "trained"
     before = json.loads(json.dumps(resolved))
     del before["distill"]["local"][0]["teacher_graph"]
