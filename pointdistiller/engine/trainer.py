@@ -146,6 +146,7 @@ class Trainer:
         self.resolved = config_to_dict(cfg)
         self.teacher_checkpoint = teacher_checkpoint
         self._precise_bn_loader = None   # built on first use (see _precise_bn)
+        self._grad_norm: Optional[torch.Tensor] = None   # of the last step, before clipping
 
     # ----------------------------------------------------------------------------------------------
     def _build(self):
@@ -309,6 +310,11 @@ class Trainer:
             record = {"step": self.iteration, "epoch": epoch,
                       "seconds": round(time.time() - start_time, 2), "lr": lr,
                       **{k: float(v) for k, v in losses.items()}, **stats}
+            if self._grad_norm is not None:
+                # the whole gradient's norm before clipping: above train.grad_clip, clipping scales
+                # every term's gradient down together (a large distillation gradient then starves
+                # the detection loss's)
+                record["grad_norm"] = float(self._grad_norm)
             if dist.is_main():
                 append_line(os.path.join(self.work_dir, "log.jsonl"), json.dumps(record))
                 for k, v in record.items():
@@ -359,13 +365,13 @@ class Trainer:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+                self._grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             total.backward()
             if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+                self._grad_norm = torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             self.optimizer.step()
         return {k: v.detach() for k, v in losses.items()}, stats
 

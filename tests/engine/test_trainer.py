@@ -27,6 +27,8 @@ def test_training_run_writes_everything(tmp_path, synth_root, configs):
     steps = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps if "eval" not in s] == [1, 2, 3]
     assert all(torch.isfinite(torch.tensor(s["total"])) for s in steps if "total" in s)
+    # the gradient's norm before clipping, every logged step
+    assert all(0 < s["grad_norm"] < float("inf") for s in steps if "total" in s)
     # the dead-ReLU count of the evaluation, over the model's own nn.ReLU layers
     units = next(s["units"] for s in steps if "eval" in s)
     from pointdistiller.config import load_config
