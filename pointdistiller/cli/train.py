@@ -59,7 +59,7 @@ def train_one(config: str, work_dir: str, overrides: Sequence[str] = (), teacher
 
 
 def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) -> int:
-    from pointdistiller.engine.evaluation import gap_closed, moderate_table
+    from pointdistiller.engine.evaluation import gap_closed, moderate_map, moderate_table
     from pointdistiller.engine.teacher import teacher_checkpoint
     from pointdistiller.kitti_tools.fileio import atomic_write_json
 
@@ -91,8 +91,12 @@ def run_demo(work_dir: str, quick: bool, device: Optional[str], progress: bool) 
     print("\nKITTI AP_R40, moderate, strict overlaps, synthetic val split" + (" (--quick)" if quick else ""))
     print(moderate_table(rows))
     closed = gap_closed(rows[0][1], rows[1][1], rows[2][1])
-    print(f"\nPointDistiller closed {closed:.0%} of the teacher - plain student gap in BEV mAP"
-          if closed is not None else "\nthe plain student is not behind the teacher: no gap to close")
+    diff = {m: moderate_map(rows[2][1], m) - moderate_map(rows[1][1], m) for m in ("3d", "bev")}
+    print(f"\nPointDistiller against the plain student: {diff['bev']:+.2f} BEV / {diff['3d']:+.2f} 3D mAP"
+          + (f"; it closed {closed:.1%} of the teacher - plain student gap in BEV mAP"
+             if closed is not None else "; the plain student is not behind the teacher: no gap to close")
+          + "\n(one seed; over seeds 0-2 the plain 4x student spans about 4.5 BEV mAP: README, "
+            "\"Does distillation pay?\")")
     print(f"runs, checkpoints, TensorBoard logs and result files: {work_dir}")
     print(f"report: {demo_report(work_dir, rows, quick)}")
     return 0
