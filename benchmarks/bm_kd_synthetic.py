@@ -122,8 +122,17 @@ PP4_KD = "pointpillars_student_4x_kd.yaml"
 # the students' schedule until lr 3e-4 became the default (README, "The students' learning rate")
 LR_1E3 = ("train.lr=0.001",)
 NO_LOCAL = "distill.local=[]"
-TRAINED_PFN = ("distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, "
-               "tau: 10.0, loss_weight: 2.0, teacher_graph: trained}]")
+PFN = "feature: pfn, importance: num_points"
+
+
+def _demo_pfn(teacher_graph: str) -> str:
+    """The demo configs' PointPillars term (tau 10, lambda 2) with the teacher's graph layer
+    ``trained`` or ``frozen``."""
+    return (f"distill.local=[{{{PFN}, num_nodes: 6000, k: 128, tau: 10.0, loss_weight: 2.0, "
+            f"teacher_graph: {teacher_graph}}}]")
+
+
+TRAINED_PFN = _demo_pfn("trained")
 METHODS: List[Method] = [
     _kd("pp4x_plain", "PointPillars 4x", "pointpillars", "no KD", "pointpillars_student_4x.yaml"),
     _kd("pp4x_pointdistiller", "PointPillars 4x", "pointpillars", "PointDistiller", PP4_KD),
@@ -144,8 +153,7 @@ METHODS: List[Method] = [
     # the 4x student's default: on the 16x student it did not pay (the 16x config trains both)
     _kd("pp16x_pointdistiller_frozen", "PointPillars 16x", "pointpillars",
         "PointDistiller, teacher graph frozen", "pointpillars_student_16x_kd.yaml",
-        "distill.local=[{feature: pfn, importance: num_points, num_nodes: 6000, k: 128, tau: 10.0, "
-        "loss_weight: 2.0, teacher_graph: frozen}]"),
+        _demo_pfn("frozen")),
     _kd("second4x_plain", "SECOND 4x", "second", "no KD", "second_student_4x.yaml"),
     _kd("second4x_pointdistiller", "SECOND 4x", "second", "PointDistiller",
         "second_student_4x_kd.yaml"),
@@ -156,7 +164,6 @@ METHODS: List[Method] = [
 
 # Section 2 of the KD issue: one seed each, PointPillars 4x (the plain student and the default
 # PointDistiller come from the table's seed 0).
-PFN = "feature: pfn, importance: num_points"
 
 
 def _pfn(label: str, name: str, **changes) -> Method:
@@ -647,8 +654,8 @@ def summarize(rows: List[Dict]) -> List[Dict]:
         out.append(entry)
     for entry in out:
         base = plain.get((entry["family"], schedule_of(entry["method"])))
-        teacher_family = next((m.teacher for m in METHODS + ABLATIONS if m.name == entry["method"]), None)
-        teacher = teachers.get(teacher_family)
+        method = methods.get(entry["method"])
+        teacher = teachers.get(method.teacher if method else None)
         entry["teacher_bev"] = teacher["metrics"]["map_bev"] if teacher else None
         if base is None or entry is base:
             continue
